@@ -1,0 +1,1 @@
+"""sluice: an actor-based event engine."""
