@@ -1,0 +1,19 @@
+"""What flows from the consumers through the dedup guard to the batch writer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sluice.ports import DeadLetter, Delivery, EventRow
+
+
+@dataclass(slots=True)
+class Work:
+    """One JetStream message, decoded: ack `delivery` once `rows` and `dead` are stored."""
+
+    source: str
+    delivery: Delivery
+    rows: list[EventRow]
+    dead: list[DeadLetter] = field(default_factory=list)
+    duplicates: int = 0  # rows already dropped upstream as known to be stored
+    correlation_id: str | None = None

@@ -1,0 +1,22 @@
+"""The engine core: actors, one_for_one supervision, bounded channels, clocks.
+
+Depends only on anyio, so it runs on asyncio and trio alike. The test kit is in
+`sluice.engine.testing`.
+"""
+
+from ._actor import Actor
+from ._channels import open_channel
+from ._clock import AnyioClock, Clock
+from ._supervisor import ChildSpec, Restart, RestartBudgetExceeded, RestartPolicy, Supervisor
+
+__all__ = [
+    "Actor",
+    "AnyioClock",
+    "ChildSpec",
+    "Clock",
+    "Restart",
+    "RestartBudgetExceeded",
+    "RestartPolicy",
+    "Supervisor",
+    "open_channel",
+]

@@ -1,0 +1,63 @@
+"""The Quart app factory: webhook, health and metrics on one app."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from quart import Quart, Response, g, request
+
+from sluice.config import Settings
+from sluice.http.errors import install_error_handlers
+from sluice.http.health import Health, health_routes
+from sluice.http.webhook import (
+    CORRELATION_HEADER,
+    Ingest,
+    correlation_id_from,
+    new_correlation_id,
+    webhook_routes,
+)
+from sluice.metrics import CONTENT_TYPE_LATEST, Metrics
+from sluice.ports import EventLog
+
+
+@dataclass
+class HttpDeps:
+    settings: Settings
+    metrics: Metrics
+    health: Health
+    event_log: EventLog | None = None  # None: this process takes no events (reports role)
+
+
+def create_app(deps: HttpDeps) -> Quart:
+    app = Quart("sluice")
+    app.config["MAX_CONTENT_LENGTH"] = deps.settings.max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+    app.extensions["sluice.health"] = deps.health
+    app.extensions["sluice.metrics"] = deps.metrics
+    if deps.event_log is not None:
+        app.extensions["sluice.ingest"] = Ingest(deps.event_log, deps.settings, deps.metrics)
+        app.register_blueprint(webhook_routes)
+    app.register_blueprint(health_routes)
+    install_error_handlers(app)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(deps.metrics.exposition(), 200, content_type=CONTENT_TYPE_LATEST)
+
+    @app.before_request
+    async def start_request() -> None:
+        g.started = time.perf_counter()
+        g.correlation_id = correlation_id_from(request.headers.get(CORRELATION_HEADER))
+
+    @app.after_request
+    async def finish_request(response: Response) -> Response:
+        response.headers[CORRELATION_HEADER] = g.get("correlation_id") or new_correlation_id()
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        deps.metrics.http_request_duration.labels(
+            rule, request.method, response.status_code
+        ).observe(elapsed)
+        return response
+
+    return app

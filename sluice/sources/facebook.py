@@ -1,0 +1,68 @@
+"""facebook: ad and page events (EVENTS.md, "facebook")."""
+
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+
+from ._common import Data, EventBase, RowFields, SourceSchema, check_amount
+
+
+class Location(msgspec.Struct, gc=False):
+    country: str
+    city: str
+
+
+class User(msgspec.Struct, rename="camel", gc=False):
+    user_id: str
+    name: str
+    age: int
+    gender: Literal["male", "female", "non-binary"]
+    location: Location
+
+
+class TopEngagement(msgspec.Struct, rename="camel", gc=False):
+    action_time: str
+    referrer: Literal["newsfeed", "marketplace", "groups"]
+    video_id: str | None
+
+
+class BottomEngagement(msgspec.Struct, rename="camel", gc=False):
+    ad_id: str
+    campaign_id: str
+    click_position: Literal["top_left", "bottom_right", "center"]
+    device: Literal["mobile", "desktop"]
+    browser: Literal["Chrome", "Firefox", "Safari"]
+    purchase_amount: Decimal | None
+
+    def __post_init__(self) -> None:
+        check_amount(self.purchase_amount)
+
+
+class FacebookData(Data, gc=False):
+    user: User
+
+
+class FacebookEvent(EventBase, tag="facebook"):
+    data: FacebookData
+
+
+def _row(event: FacebookEvent, engagement: TopEngagement | BottomEngagement) -> RowFields:
+    user = event.data.user
+    if isinstance(engagement, BottomEngagement):
+        return RowFields(
+            user.user_id, user.location.country, engagement.campaign_id, engagement.purchase_amount
+        )
+    return RowFields(user.user_id, user.location.country, None, None)
+
+
+SCHEMA = SourceSchema(
+    name="facebook",
+    event=FacebookEvent,
+    engagement={"top": TopEngagement, "bottom": BottomEngagement},
+    event_types={
+        "top": frozenset({"ad.view", "page.like", "comment", "video.view"}),
+        "bottom": frozenset({"ad.click", "form.submission", "checkout.complete"}),
+    },
+    row=_row,
+)

@@ -1,0 +1,86 @@
+"""consumer[source] alone: a fake subscription feeding envelopes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+import trio.testing
+
+from sluice import envelope
+from sluice.actors.consumer import Consumer
+from sluice.actors.work import Work
+from sluice.engine import open_channel
+from sluice.engine.testing import run_actor
+from sluice.ports import LogUnavailable
+from tests.factories import make_event
+from tests.fakes import FakeDelivery, FakeSubscription
+
+RECEIVED = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def envelope_of(*events: dict) -> bytes:
+    pairs = [(e["eventId"], msgspec.json.encode(e)) for e in events]
+    [chunk] = envelope.encode("facebook", pairs, received_at=RECEIVED, max_bytes=1 << 20)
+    return chunk.payload
+
+
+def consumer_for(subscription: FakeSubscription, outbox) -> Consumer:
+    async def subscribe(source: str) -> FakeSubscription:
+        assert source == "facebook"
+        return subscription
+
+    return Consumer("facebook", subscribe, outbox, batch=10, fetch_timeout=1.0, retry_delay=0.5)
+
+
+@pytest.mark.trio
+async def test_decodes_envelopes_into_rows_and_stops_on_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = [make_event("facebook", "bottom"), make_event("facebook", "top")]
+    delivery = FakeDelivery(envelope_of(*events), headers={"X-Correlation-ID": "c-1"})
+    subscription = FakeSubscription()
+    subscription.put(delivery)
+    send, out = open_channel[Work](4)
+    async with out, run_actor(consumer_for(subscription, send)) as handle:
+        work = await out.receive()
+        handle.stop()
+        await handle.wait()
+        assert [item async for item in out] == []  # outbox closed: end of stream
+    assert work.delivery is delivery
+    assert [r.event_id for r in work.rows] == [e["eventId"] for e in events]
+    assert all(r.correlation_id == "c-1" and r.received_at == RECEIVED for r in work.rows)
+    assert work.dead == []
+
+
+@pytest.mark.trio
+async def test_undecodable_messages_and_invalid_events_become_dead_letters(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bad_event = make_event("facebook", "top", data__user__age="old")
+    good_event = make_event("facebook", "top")
+    junk = FakeDelivery(b"not json at all")
+    mixed = FakeDelivery(envelope_of(good_event, bad_event))
+    subscription = FakeSubscription()
+    subscription.put(junk, mixed)
+    send, out = open_channel[Work](4)
+    async with out, run_actor(consumer_for(subscription, send)) as handle:
+        first, second = await out.receive(), await out.receive()
+        handle.stop()
+    assert first.rows == [] and first.dead[0].payload == b"not json at all"
+    assert "undecodable" in first.dead[0].reason
+    assert [r.event_id for r in second.rows] == [good_event["eventId"]]
+    assert second.dead[0].reason.startswith("data.user.age")
+
+
+@pytest.mark.trio
+async def test_keeps_fetching_after_nats_hiccups(autojump_clock: trio.testing.MockClock) -> None:
+    subscription = FakeSubscription(fail_next=[LogUnavailable("disconnected")] * 2)
+    subscription.put(FakeDelivery(envelope_of(make_event())))
+    send, out = open_channel[Work](4)
+    async with out, run_actor(consumer_for(subscription, send)) as handle:
+        work = await out.receive()
+        handle.stop()
+    assert len(work.rows) == 1
+    assert subscription.fetches >= 3

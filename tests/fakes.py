@@ -1,0 +1,147 @@
+"""Recording fakes for the edges: JetStream deliveries and subscriptions, the store, the log."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import anyio
+
+from sluice.ports import (
+    DeadLetter,
+    EventRow,
+    LogUnavailable,
+    PublishAck,
+    RowsRejected,
+    StoreUnavailable,
+)
+
+
+@dataclass
+class FakeDelivery:
+    """Records what was done with it, and what the store had committed at that moment."""
+
+    data: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    num_delivered: int = 1
+    acked: bool = False
+    naks: list[float | None] = field(default_factory=list)
+    termed: bool = False
+    committed_when_acked: frozenset[str] | None = None
+    store: FakeStore | None = None
+
+    async def ack(self) -> None:
+        assert not self.acked, "acked twice"
+        self.acked = True
+        if self.store is not None:
+            self.committed_when_acked = frozenset(self.store.stored)
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.naks.append(delay)
+
+    async def term(self) -> None:
+        self.termed = True
+
+
+@dataclass
+class FakeStore:
+    """An in-memory EventStore; `fail_next` queues exceptions for the next writes."""
+
+    stored: dict[str, EventRow] = field(default_factory=dict)
+    batches: list[list[str]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    fail_next: list[Exception] = field(default_factory=list)
+    poison: set[str] = field(default_factory=set)  # event ids the "database" refuses
+
+    async def write_batch(self, rows: Sequence[EventRow]) -> set[str]:
+        await anyio.lowlevel.checkpoint()
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        if any(row.event_id in self.poison for row in rows):
+            raise RowsRejected("invalid input syntax", rows)
+        self.batches.append([row.event_id for row in rows])
+        new = {row.event_id for row in rows if row.event_id not in self.stored}
+        for row in rows:
+            self.stored.setdefault(row.event_id, row)
+        return new
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        self.dead.extend(letters)
+
+    async def ping(self) -> None:
+        if self.fail_next and isinstance(self.fail_next[0], StoreUnavailable):
+            raise self.fail_next[0]
+
+
+@dataclass
+class FakeSubscription:
+    """Hands out queued deliveries; an empty fetch waits for the timeout like JetStream."""
+
+    queue: list[FakeDelivery] = field(default_factory=list)
+    fetches: int = 0
+    fail_next: list[Exception] = field(default_factory=list)
+    arrived: anyio.Event = field(default_factory=anyio.Event)
+
+    def put(self, *deliveries: FakeDelivery) -> None:
+        self.queue.extend(deliveries)
+        self.arrived.set()
+
+    async def fetch(self, batch: int, timeout: float) -> Sequence[FakeDelivery]:
+        self.fetches += 1
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        if not self.queue:
+            with anyio.move_on_after(timeout):
+                await self.arrived.wait()
+            self.arrived = anyio.Event()
+        taken, self.queue = self.queue[:batch], self.queue[batch:]
+        return taken
+
+    async def pending(self) -> tuple[int, int]:
+        return len(self.queue), 0
+
+
+@dataclass
+class FakeEventLog:
+    """Records publishes; `unavailable` makes it refuse like a NATS outage."""
+
+    published: list[tuple[str, bytes, str, dict[str, str]]] = field(default_factory=list)
+    seen_ids: set[str] = field(default_factory=set)
+    unavailable: bool = False
+    max_payload: int = 1024 * 1024
+
+    async def publish(
+        self, source: str, payload: bytes, *, msg_id: str, headers: Mapping[str, str]
+    ) -> PublishAck:
+        await anyio.lowlevel.checkpoint()
+        if self.unavailable:
+            raise LogUnavailable("nats: no responders")
+        duplicate = msg_id in self.seen_ids
+        self.seen_ids.add(msg_id)
+        if not duplicate:
+            self.published.append((source, payload, msg_id, dict(headers)))
+        return PublishAck("EVENTS", len(self.published), duplicate)
+
+    def is_connected(self) -> bool:
+        return not self.unavailable
+
+
+def row(event_id: str, source: str = "facebook", **overrides: object) -> EventRow:
+    values: dict[str, object] = {
+        "event_id": event_id,
+        "source": source,
+        "funnel_stage": "top",
+        "event_type": "ad.view",
+        "occurred_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "received_at": datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC),
+        "user_id": "u1",
+        "country": "DE",
+        "campaign_id": None,
+        "purchase_amount": Decimal("0"),
+        "correlation_id": None,
+        "data": '{"eventId": "%s"}' % event_id,
+    }
+    values.update(overrides)
+    return EventRow(**values)  # type: ignore[arg-type]
