@@ -89,6 +89,7 @@ async def _ingest(route_source: str | None) -> Response:
             415, f"content type must be application/json, got {request.content_type or 'none'}"
         )
     body = await request.get_data(cache=False, as_text=False)
+    assert isinstance(body, bytes)
     try:
         validated = validate_body(body, route_source=route_source)
     except BadBody as exc:

@@ -1,0 +1,204 @@
+"""JetStream adapter: the only module that speaks nats-py.
+
+Implements `sluice.ports.EventLog` for ingress and `Subscription`/`Delivery` for the
+consumers. Everything here runs on asyncio (nats-py is asyncio-only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from sluice.ports import LogUnavailable, PublishAck
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping, Sequence
+
+    from nats.aio.msg import Msg
+
+    from sluice.config import Settings
+
+log = logging.getLogger("sluice.bus")
+
+_BACKOFF_CAP = 600.0
+
+
+class NatsDelivery:
+    """A `sluice.ports.Delivery` over one nats-py message."""
+
+    __slots__ = ("_msg",)
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+
+    @property
+    def data(self) -> bytes:
+        return self._msg.data
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._msg.headers or {}
+
+    @property
+    def num_delivered(self) -> int:
+        return int(self._msg.metadata.num_delivered)
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        await self._msg.nak(delay=delay)
+
+    async def term(self) -> None:
+        await self._msg.term()
+
+
+class NatsSubscription:
+    """A durable pull consumer (one per source, shared by every worker process)."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    async def fetch(self, batch: int, timeout: float) -> Sequence[NatsDelivery]:
+        try:
+            msgs = await self._sub.fetch(batch, timeout=timeout)
+        except nats.errors.TimeoutError:
+            return []
+        except (nats.errors.ConnectionClosedError, nats.errors.Error) as exc:
+            raise LogUnavailable(f"fetch failed: {exc!r}") from exc
+        return [NatsDelivery(m) for m in msgs]
+
+    async def pending(self) -> tuple[int, int]:
+        info = await self._sub.consumer_info()
+        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+
+    async def close(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._sub.unsubscribe()
+
+
+class JetStreamBus:
+    """One NATS connection: publishes envelopes and opens pull consumers."""
+
+    def __init__(self, nc: Any, settings: Settings) -> None:
+        self._nc = nc
+        self._js = nc.jetstream(timeout=settings.publish_timeout)
+        self._settings = settings
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(
+        cls, settings: Settings, *, name: str = "sluice"
+    ) -> AsyncIterator[JetStreamBus]:
+        """Connect (retrying while the server comes up) and make sure the stream exists."""
+        assert settings.nats_url is not None
+        try:
+            nc = await nats.connect(
+                settings.nats_url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=5,
+                allow_reconnect=True,
+                error_cb=_log_error,
+                disconnected_cb=_log_disconnect,
+                reconnected_cb=_log_reconnect,
+            )
+        except Exception as exc:
+            raise LogUnavailable(f"cannot connect to NATS at {settings.nats_url}: {exc!r}") from exc
+        bus = cls(nc, settings)
+        try:
+            await bus.ensure_stream()
+            yield bus
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+            if not nc.is_closed:
+                await nc.close()
+
+    async def ensure_stream(self) -> None:
+        """Create the stream, or bring an existing one to the configured limits."""
+        s = self._settings
+        config = api.StreamConfig(
+            name=s.stream,
+            subjects=[f"{s.subject_prefix}.>"],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=s.stream_max_age,
+            max_bytes=s.stream_max_bytes,
+            discard=api.DiscardPolicy.NEW,
+            duplicate_window=s.duplicate_window,
+        )
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self._js.update_stream(config)
+
+    @property
+    def max_payload(self) -> int:
+        return int(self._nc.max_payload)
+
+    def is_connected(self) -> bool:
+        return bool(self._nc.is_connected)
+
+    async def publish(
+        self, source: str, payload: bytes, *, msg_id: str, headers: Mapping[str, str]
+    ) -> PublishAck:
+        hdrs = {**headers, "Nats-Msg-Id": msg_id}
+        try:
+            ack = await self._js.publish(
+                self._settings.subject(source), payload, stream=self._settings.stream, headers=hdrs
+            )
+        except nats.js.errors.APIError as exc:
+            raise LogUnavailable(f"JetStream refused the message: {exc.description}") from exc
+        except (nats.errors.Error, OSError) as exc:
+            raise LogUnavailable(f"JetStream did not ack: {exc!r}") from exc
+        return PublishAck(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def subscribe(self, source: str) -> NatsSubscription:
+        """Bind to (creating or updating) the durable pull consumer for `source`."""
+        s = self._settings
+        durable = f"sluice-{source}"
+        config = api.ConsumerConfig(
+            durable_name=durable,
+            name=durable,
+            filter_subject=s.subject(source),
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=s.ack_wait,
+            max_deliver=s.max_deliver,
+            backoff=_backoff(s.ack_wait, s.max_deliver),
+            max_ack_pending=s.max_ack_pending,
+        )
+        try:
+            await self._js.add_consumer(s.stream, config)
+            sub = await self._js.pull_subscribe_bind(durable=durable, stream=s.stream)
+        except (nats.errors.Error, OSError) as exc:
+            raise LogUnavailable(f"cannot open consumer {durable}: {exc!r}") from exc
+        return NatsSubscription(sub)
+
+
+def _backoff(ack_wait: float, max_deliver: int) -> list[float]:
+    """Redelivery delays: ack_wait first, doubling up to a cap (the server repeats the last)."""
+    delays = [ack_wait]
+    while len(delays) < min(max_deliver, 8) and delays[-1] < _BACKOFF_CAP:
+        delays.append(min(delays[-1] * 2, _BACKOFF_CAP))
+    return delays
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("nats error: %r", exc)
+
+
+async def _log_disconnect() -> None:
+    log.warning("disconnected from NATS")
+
+
+async def _log_reconnect() -> None:
+    log.info("reconnected to NATS")

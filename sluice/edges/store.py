@@ -1,0 +1,292 @@
+"""PostgreSQL adapter (asyncpg): implements `sluice.ports.EventStore`.
+
+write_batch is one transaction per batch:
+
+1. COPY the rows (binary, `copy_records_to_table`) into a per-connection TEMP staging
+   table, created once when the pool opens the connection, `ON COMMIT DELETE ROWS` so
+   it is empty again after every commit or rollback;
+2. `INSERT INTO events SELECT ... FROM staging ON CONFLICT (event_id) DO NOTHING
+   RETURNING ...` inside a CTE named `inserted`: exactly the rows that were new.
+
+COPY cannot do ON CONFLICT itself, hence the staging table (measured: ~65-115k rows/s).
+Rollup updates belong in the same statement, as further CTEs reading `inserted`
+(see `_INSERT_NEW`), so they count each event once whatever the duplicates.
+
+Errors are mapped to the port's two kinds: `StoreUnavailable` (the connection or the
+server is not usable right now; retry later, nothing was stored) and `RowsRejected`
+(PostgreSQL refused the data itself; retrying the same rows will not help, and nothing
+from the batch was stored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+
+from sluice.ports import DeadLetter, EventRow, RowsRejected, StoreUnavailable
+from sluice.sql.migrate import migrate as run_migrations
+from sluice.sql.migrate import pending
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+
+    from sluice.ports import EventStore
+
+__all__ = ["PgEventStore"]
+
+T = TypeVar("T")
+
+STAGING_TABLE = "sluice_staging_events"
+
+# Column order of EventRow, of the staging table and of the COPY records.
+COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "source",
+    "funnel_stage",
+    "event_type",
+    "occurred_at",
+    "received_at",
+    "user_id",
+    "country",
+    "campaign_id",
+    "purchase_amount",
+    "correlation_id",
+    "data",
+)
+_COLUMN_LIST = ", ".join(COLUMNS)
+
+# Same columns as `events`, no constraints and no indexes: COPY into it is cheap. It
+# lives as long as its connection; ON COMMIT DELETE ROWS empties it after each batch.
+_CREATE_STAGING = f"""
+CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
+    event_id        text,
+    source          text,
+    funnel_stage    text,
+    event_type      text,
+    occurred_at     timestamptz,
+    received_at     timestamptz,
+    user_id         text,
+    country         text,
+    campaign_id     text,
+    purchase_amount numeric,
+    correlation_id  text,
+    data            jsonb
+) ON COMMIT DELETE ROWS
+"""
+
+# What `inserted` hands on: whatever a rollup may group or sum by (not `data`, the bulk).
+_RETURNED = (
+    "event_id, source, funnel_stage, event_type, occurred_at, user_id,"
+    " country, campaign_id, purchase_amount"
+)
+
+# The rows that were actually new come out of `inserted`. A later migration's rollups
+# hook in here, in the same statement and transaction, e.g.:
+#   , rolled AS (INSERT INTO rollup_minute ... SELECT ... FROM inserted GROUP BY ...
+#                ON CONFLICT (...) DO UPDATE SET n = rollup_minute.n + EXCLUDED.n, ...)
+# The staging table never holds an event_id twice (write_batch keeps the first copy),
+# and ON CONFLICT DO NOTHING would skip a repeat anyway.
+_INSERT_NEW = f"""
+WITH inserted AS (
+    INSERT INTO events ({_COLUMN_LIST})
+    SELECT {_COLUMN_LIST} FROM {STAGING_TABLE}
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING {_RETURNED}
+)
+SELECT event_id FROM inserted
+"""
+
+_INSERT_DEAD_LETTERS = """
+INSERT INTO dead_letters (source, reason, payload, attempts)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::integer[])
+"""
+
+# SQLSTATE classes meaning "these values are wrong": data exception, integrity
+# constraint violation, program limit exceeded (e.g. an event_id too long to index).
+_REJECT_CLASSES = ("22", "23", "54")
+
+# asyncpg/OS failures meaning "no usable connection": connect refused or timed out,
+# connection lost, pool closed, server shutting down or not accepting connections yet.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
+    OSError,  # includes ConnectionError and TimeoutError
+)
+
+_COPY_LINE = re.compile(r"\bCOPY \S+, line (\d+)")
+
+
+async def _init_connection(conn: Any) -> None:
+    """Run once for every connection the pool opens."""
+    await conn.execute(_CREATE_STAGING)
+
+
+def _describe(exc: BaseException) -> str:
+    state = getattr(exc, "sqlstate", None)
+    text = f"{type(exc).__name__}" + (f" ({state})" if state else "") + f": {exc}"
+    detail = getattr(exc, "detail", None)
+    if detail and detail not in str(exc):
+        text += f" ({detail})"
+    return text
+
+
+def _unique_by_event_id(rows: Sequence[EventRow]) -> list[EventRow]:
+    """The rows with the first copy of each event_id, in order."""
+    seen: set[str] = set()
+    out: list[EventRow] = []
+    for row in rows:
+        if row.event_id not in seen:
+            seen.add(row.event_id)
+            out.append(row)
+    return out
+
+
+@contextlib.contextmanager
+def _mapped(
+    rows: Sequence[EventRow] | None = None, staged: Sequence[EventRow] = ()
+) -> Iterator[None]:
+    """Translate asyncpg/OS errors into StoreUnavailable / RowsRejected.
+
+    Data errors become RowsRejected(reason, rows) only where rows are written
+    (`rows` given); elsewhere they propagate unchanged.
+    """
+    try:
+        yield
+    except (StoreUnavailable, RowsRejected):
+        raise
+    except asyncpg.exceptions._base.DataError as exc:  # client side: a value won't encode
+        if rows is None:
+            raise
+        raise RowsRejected(_describe(exc), tuple(rows)) from exc
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(_describe(exc)) from exc
+    except asyncpg.PostgresError as exc:
+        state = exc.sqlstate or ""
+        if not state.startswith(_REJECT_CLASSES):
+            # Anything else (missing table, serialization failure, disk full, ...) is not
+            # the rows' fault: retrying later may succeed, so never drop them.
+            raise StoreUnavailable(_describe(exc)) from exc
+        if rows is None:
+            raise
+        reason = _describe(exc)
+        context = getattr(exc, "context", None) or ""
+        match = _COPY_LINE.search(context)
+        if match and 1 <= int(match.group(1)) <= len(staged):
+            reason += f" [{context}; event_id={staged[int(match.group(1)) - 1].event_id!r}]"
+        raise RowsRejected(reason, tuple(rows)) from exc
+    except (TypeError, ValueError) as exc:  # binary COPY: a value of the wrong type
+        if rows is None:
+            raise
+        raise RowsRejected(f"{type(exc).__name__}: {exc}", tuple(rows)) from exc
+
+
+class PgEventStore:
+    """The PostgreSQL event store, over an asyncpg pool. Create it with `open()`."""
+
+    ping_timeout: float = 5.0  # seconds
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 2,
+        migrate: bool = False,
+    ) -> AsyncIterator[PgEventStore]:
+        """Open a pool to `url` (and apply pending migrations when `migrate`).
+
+        Raises StoreUnavailable when the server cannot be reached (with min_size >= 1)
+        and sluice.sql.migrate.MigrationError when a migration fails.
+        """
+        with _mapped():
+            pool = await asyncpg.create_pool(
+                url, min_size=min_size, max_size=max_size, init=_init_connection
+            )
+        try:
+            store = cls(pool)
+            if migrate:
+                await store._run(run_migrations)
+            yield store
+        finally:
+            await pool.close()
+
+    async def _run(
+        self, work: Callable[[Any], Awaitable[T]], rows: Sequence[EventRow] | None = None
+    ) -> T:
+        with _mapped(rows):
+            async with self._pool.acquire() as conn:
+                return await work(conn)
+
+    async def write_batch(self, rows: Sequence[EventRow]) -> set[str]:
+        """Store `rows` in one transaction; return the event ids that were new."""
+        if not rows:
+            return set()
+        staged = _unique_by_event_id(rows)
+        records = [
+            (
+                r.event_id,
+                r.source,
+                r.funnel_stage,
+                r.event_type,
+                r.occurred_at,
+                r.received_at,
+                r.user_id,
+                r.country,
+                r.campaign_id,
+                r.purchase_amount,
+                r.correlation_id,
+                r.data,  # JSON text: asyncpg's binary jsonb codec takes str
+            )
+            for r in staged
+        ]
+        with _mapped(rows, staged):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.copy_records_to_table(STAGING_TABLE, records=records, columns=COLUMNS)
+                new = await conn.fetch(_INSERT_NEW)
+        return {rec[0] for rec in new}
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        """Record payloads that can never be stored (one statement, one transaction)."""
+        if not letters:
+            return
+
+        def text(value: str) -> str:  # PostgreSQL text cannot hold NUL; never lose a letter
+            return value.replace("\x00", "\ufffd")
+
+        args = (
+            [text(d.source) for d in letters],
+            [text(d.reason) for d in letters],
+            [d.payload for d in letters],
+            [d.attempts for d in letters],
+        )
+        # A refusal here (e.g. attempts out of range) is RowsRejected with no rows.
+        await self._run(lambda conn: conn.execute(_INSERT_DEAD_LETTERS, *args), rows=())
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers within `ping_timeout`."""
+        with _mapped():
+            async with self._pool.acquire(timeout=self.ping_timeout) as conn:
+                await conn.fetchval("SELECT 1", timeout=self.ping_timeout)
+
+    async def migrations_pending(self) -> list[str]:
+        """File names of the migrations not applied yet."""
+        return await self._run(pending)
+
+    async def count_events(self) -> int:
+        count: int = await self._run(lambda conn: conn.fetchval("SELECT count(*) FROM events"))
+        return count
+
+
+if TYPE_CHECKING:
+
+    def _implements_the_port(store: PgEventStore) -> EventStore:
+        return store  # mypy checks PgEventStore against the EventStore protocol
