@@ -48,15 +48,20 @@ def cmd_config(settings: Settings) -> int:
 @contextlib.contextmanager
 def _servers(settings: Settings, *, nats: bool = True) -> Iterator[Settings]:
     """Start the embedded servers for whichever URL is unset; stop them on the way out."""
-    from sluice.edges.embedded import EmbeddedNats, EmbeddedPostgres
+    from sluice.edges.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServers
 
     with contextlib.ExitStack() as stack:
         changes: dict[str, Any] = {}
-        if nats and not settings.nats_url:
+        want_nats = nats and not settings.nats_url
+        if want_nats and not settings.database_url:
+            both = EmbeddedServers(settings.data_dir)
+            stack.callback(both.stop)
+            changes["nats_url"], changes["database_url"] = both.start()
+        elif want_nats:
             nats_server = EmbeddedNats(settings.data_dir)
             stack.callback(nats_server.stop)
             changes["nats_url"] = nats_server.start()
-        if not settings.database_url:
+        elif not settings.database_url:
             postgres = EmbeddedPostgres(settings.data_dir)
             stack.callback(postgres.stop)
             changes["database_url"] = postgres.start()
@@ -86,7 +91,6 @@ def cmd_run(settings: Settings) -> int:
         print(
             f"sluice is running\n"
             f"  webhook:  POST {url}/webhook\n"
-            f"  reports:  GET  {url}/reports/...\n"
             f"  health:   GET  {url}/health/ready\n"
             f"  metrics:  GET  {url}/metrics\n"
             f"  data:     {data}\n"

@@ -117,8 +117,10 @@ class JetStreamBus:
             await bus.ensure_stream()
             yield bus
         finally:
+            # Not nc.drain(): it waits out its timeout on idle pull subscriptions. Every
+            # actor has returned by now; flushing sends the last acks before closing.
             with contextlib.suppress(Exception):
-                await nc.drain()
+                await nc.flush(timeout=2)
             if not nc.is_closed:
                 await nc.close()
 
