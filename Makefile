@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck fmt clean
+.PHONY: install run test lint typecheck fmt clean bench bench-stages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Benchmarks, not tests: several minutes, results in bench/results/ (see bench/README.md).
+bench: $(STAMP)
+	$(BIN)/python -m bench.stages.all
+	$(BIN)/python -m bench.e2e
+
+bench-stages: $(STAMP)
+	$(BIN)/python -m bench.stages.all
 
 lint: $(STAMP)
 	$(BIN)/ruff check sluice tests bench

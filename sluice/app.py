@@ -1,4 +1,25 @@
-"""Wiring: builds the supervisor tree of one sluice process from its settings."""
+"""Wiring: builds the supervisor tree of one sluice process from its settings and role.
+
+Roles (`sluice run --role`, or SLUICE_ROLE):
+
+- all (default): writers, dedup, consumers, metrics, ingress (webhook, reports, ops).
+  Needs NATS and PostgreSQL; ready when nats, postgres and migrations are.
+- ingress: metrics, ingress (webhook, ops). Needs NATS only; ready when nats is.
+- worker: ops HTTP, writers, dedup, consumers, metrics. Needs NATS and PostgreSQL;
+  ready when nats, postgres and migrations are.
+- reports: HTTP (reports, ops). Needs PostgreSQL; ready when postgres and migrations are.
+
+"ops" is `/health/live`, `/health/ready` and `/metrics`: every role serves them on
+SLUICE_HTTP_PORT, so Prometheus can scrape each process. Ingress does not wait for
+PostgreSQL: JetStream holds what it accepts while the database is away.
+
+Drain order is the reverse of the start order, one child at a time where it matters
+(`ChildSpec.wait_on_drain`): HTTP ingress first, until its in-flight requests (and so
+their publishes) are done; then the consumers, which in role `all` first take what
+JetStream holds for them right then (catch-up), so every event this process accepted is
+written and acked before it exits; the dedup guard and the writers end by end of stream.
+A worker's ops HTTP server stops last, so readiness stays visible during the drain.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 
 from sluice.actors.consumer import Consumer
 from sluice.actors.dedup import DedupGuard, RecentIds
@@ -17,19 +39,26 @@ from sluice.actors.metrics import MetricsReporter
 from sluice.actors.work import Work
 from sluice.actors.writer import BatchWriter
 from sluice.config import Settings
+from sluice.config.settings import ROLES
 from sluice.edges.bus import JetStreamBus
+from sluice.edges.reports import PgReportStore
 from sluice.edges.store import PgEventStore
 from sluice.engine import ChildSpec, RestartPolicy, Supervisor, open_channel
 from sluice.http.app import HttpDeps, create_app
 from sluice.http.health import Health
+from sluice.inflight import CountingEventLog, CountingSubscription
 from sluice.metrics import Metrics
 from sluice.ports import LogUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
+    from quart import Quart
+
 
 log = logging.getLogger("sluice.app")
+
+__all__ = ["ROLES", "Engine", "open_engine", "run_until_signalled"]
 
 
 @dataclass
@@ -40,6 +69,7 @@ class Engine:
     metrics: Metrics
     health: Health
     supervisor: Supervisor
+    role: str = "all"
     ingress: Ingress | None = None
     store: PgEventStore | None = None
     bus: JetStreamBus | None = None
@@ -49,6 +79,10 @@ class Engine:
     def http_url(self) -> str:
         assert self.ingress is not None and self.ingress.bound is not None
         host, port = self.ingress.bound
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+        elif ":" in host:
+            host = f"[{host}]"
         return f"http://{host}:{port}"
 
     async def drain(self) -> bool:
@@ -58,102 +92,62 @@ class Engine:
 
 
 @contextlib.asynccontextmanager
-async def open_engine(settings: Settings) -> AsyncIterator[Engine]:
-    """Connect to NATS and PostgreSQL, migrate, and start every actor.
+async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIterator[Engine]:
+    """Connect to what `role` needs (migrating the database), and start its actors.
 
-    The engine runs while the block runs; leaving the block drains it.
+    `role` defaults to `settings.role`. The engine runs while the block runs; leaving
+    the block drains it. Raises LogUnavailable / StoreUnavailable when a server cannot be
+    reached, and sluice.sql.migrate.MigrationError when a migration fails (rolled back).
     """
+    role = role or settings.role
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    takes_events = role in ("all", "ingress")
+    writes = role in ("all", "worker")
+    needs_store = role in ("all", "worker", "reports")
+    needs_nats = role != "reports"
     metrics = Metrics()
     health = Health()
-    assert settings.nats_url and settings.database_url, "URLs are resolved before this"
     async with contextlib.AsyncExitStack() as stack:
-        store = await stack.enter_async_context(
-            PgEventStore.open(settings.database_url, max_size=settings.writers + 2, migrate=True)
-        )
-        bus = await stack.enter_async_context(JetStreamBus.connect(settings))
-        health.checks["nats"] = _nats_check(bus)
-        health.checks["postgres"] = store.ping
-        health.checks["migrations"] = _migrations_check(store)
-
-        to_dedup_send, to_dedup = open_channel[Work](settings.channel_capacity)
-        to_writer_send, to_writer = open_channel[Work](settings.channel_capacity)
-        committed_send, committed = open_channel[list[str]](settings.channel_capacity)
-        ends: list[Any] = [
-            to_dedup_send,
-            to_dedup,
-            to_writer_send,
-            to_writer,
-            committed_send,
-            committed,
-        ]
-        for end in ends:
-            stack.push_async_callback(end.aclose)
-
-        def clone(end: Any) -> Any:
-            copy = end.clone()
-            stack.push_async_callback(copy.aclose)
-            return copy
-
-        recent = RecentIds(settings.dedup_capacity)
-        subscriptions: dict[str, Any] = {}
-
-        async def subscribe(source: str) -> Any:
-            subscriptions[source] = await bus.subscribe(source)
-            return subscriptions[source]
+        store: PgEventStore | None = None
+        bus: JetStreamBus | None = None
+        if needs_store:
+            assert settings.database_url, "the URL is resolved before this"
+            store = await stack.enter_async_context(
+                PgEventStore.open(
+                    settings.database_url, max_size=settings.writers + 2, migrate=True
+                )
+            )
+        if needs_nats:
+            assert settings.nats_url, "the URL is resolved before this"
+            bus = await stack.enter_async_context(JetStreamBus.connect(settings))
+            health.checks["nats"] = _nats_check(bus)
+        if store is not None:
+            health.checks["postgres"] = store.ping
+            health.checks["migrations"] = _migrations_check(store)
+        reports: PgReportStore | None = None
+        if store is not None and role in ("all", "reports"):
+            assert settings.database_url
+            reports = await stack.enter_async_context(PgReportStore.open(settings.database_url))
 
         children: list[ChildSpec] = []
-        writer_inboxes = [clone(to_writer) for _ in range(settings.writers)]
-        writer_feedback = [clone(committed_send) for _ in range(settings.writers)]
-        for i in range(settings.writers):
-            children.append(
-                ChildSpec(
-                    f"writer[{i}]",
-                    _bind(
-                        BatchWriter,
-                        writer_inboxes[i],
-                        store,
-                        writer_feedback[i],
-                        flush_rows=settings.flush_rows,
-                        flush_interval=settings.flush_interval,
-                        metrics=metrics,
-                        name=f"writer[{i}]",
-                    ),
-                    policy=RestartPolicy(max_restarts=10, window=60.0, backoff_max=10.0),
-                )
+        channels: dict[str, Any] = {}
+        if writes:
+            assert store is not None and bus is not None
+            children += await _pipeline(
+                stack, settings, metrics, store, bus, channels, catch_up=takes_events
             )
-        children.append(
-            ChildSpec(
-                "dedup",
-                _bind(
-                    DedupGuard,
-                    to_dedup,
-                    to_writer_send,
-                    committed,
-                    capacity=settings.dedup_capacity,
-                    metrics=metrics,
-                    recent=recent,
-                ),
-            )
-        )
-        for source in settings.sources:
-            children.append(
-                ChildSpec(
-                    f"consumer[{source}]",
-                    _bind(
-                        Consumer,
-                        source,
-                        subscribe,
-                        clone(to_dedup_send),
-                        batch=settings.fetch_batch,
-                        fetch_timeout=settings.fetch_timeout,
-                    ),
-                )
-            )
-        # Only the clones feed the channels: the originals would keep them open forever.
-        await to_dedup_send.aclose()
-        await committed_send.aclose()
 
-        app = create_app(HttpDeps(settings, metrics, health, event_log=bus))
+        app = _http_app(
+            settings,
+            metrics,
+            health,
+            event_log=CountingEventLog.around(bus, metrics.in_flight)
+            if takes_events and bus
+            else None,
+            store=store,
+            reports=reports,
+        )
         ingress_box: list[Ingress] = []
 
         def make_ingress() -> Ingress:
@@ -166,32 +160,149 @@ async def open_engine(settings: Settings) -> AsyncIterator[Engine]:
             ingress_box[:] = [ingress]
             return ingress
 
-        children.append(ChildSpec("ingress", make_ingress))
-        children.append(
-            ChildSpec(
+        if bus is not None:
+            consumers = {s: _consumer_probe(bus, s) for s in settings.sources}
+            reporter = ChildSpec(
                 "metrics",
-                lambda: MetricsReporter(
+                _bind(
+                    MetricsReporter,
                     metrics,
-                    channels={"dedup": to_dedup, "writer": to_writer, "committed": committed},
-                    consumers={s: _pending_probe(subscriptions, s) for s in settings.sources},
+                    channels=channels,
+                    consumers=consumers,
                     interval=settings.metrics_interval,
+                    dead_letters=store.count_dead_letters_pending if store and writes else None,
                 ),
             )
-        )
+            children.append(reporter)
+        if role == "worker":
+            # Ops HTTP first, so it stops last: after the writers (each waited for).
+            children.insert(0, ChildSpec("http", make_ingress))
+        else:
+            children.append(ChildSpec("ingress", make_ingress, wait_on_drain=True))
+
         supervisor = Supervisor(
             children, on_restart=lambda name, exc: metrics.actor_restarts.labels(name).inc()
         )
+        stopped = anyio.Event()
         health.alive = supervisor.children_alive
-        engine = Engine(settings, metrics, health, supervisor, store=store, bus=bus)
+        health.supervisor = lambda: (
+            "stopped" if stopped.is_set() else "draining" if supervisor.draining else "running"
+        )
+        engine = Engine(settings, metrics, health, supervisor, role=role, store=store, bus=bus)
+        log.info("starting role %s", role, extra={"role": role})
+
+        async def supervise(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            try:
+                await supervisor.run(task_status=task_status)
+            finally:
+                stopped.set()
+
         async with anyio.create_task_group() as tg:
-            await tg.start(supervisor.run)
-            engine.ingress = ingress_box[0]
+            await tg.start(supervise)
+            engine.ingress = ingress_box[0] if ingress_box else None
             try:
                 yield engine
             finally:
                 with anyio.CancelScope(shield=True):
                     if not supervisor.draining:
                         await engine.drain()
+
+
+async def _pipeline(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    metrics: Metrics,
+    store: PgEventStore,
+    bus: JetStreamBus,
+    channels: dict[str, Any],
+    *,
+    catch_up: bool,
+) -> list[ChildSpec]:
+    """The children that write: writers, dedup guard, one consumer per source."""
+    to_dedup_send, to_dedup = open_channel[Work](settings.channel_capacity)
+    to_writer_send, to_writer = open_channel[Work](settings.channel_capacity)
+    committed_send, committed = open_channel[list[str]](settings.channel_capacity)
+    for end in (to_dedup_send, to_dedup, to_writer_send, to_writer, committed_send, committed):
+        stack.push_async_callback(end.aclose)
+    channels.update({"dedup": to_dedup, "writer": to_writer, "committed": committed})
+
+    def clone(end: Any) -> Any:
+        copy = end.clone()
+        stack.push_async_callback(copy.aclose)
+        return copy
+
+    async def subscribe(source: str) -> Any:
+        return CountingSubscription(await bus.subscribe(source), metrics.in_flight)
+
+    children: list[ChildSpec] = []
+    writer_inboxes = [clone(to_writer) for _ in range(settings.writers)]
+    writer_feedback = [clone(committed_send) for _ in range(settings.writers)]
+    for i in range(settings.writers):
+        children.append(
+            ChildSpec(
+                f"writer[{i}]",
+                _bind(
+                    BatchWriter,
+                    writer_inboxes[i],
+                    store,
+                    writer_feedback[i],
+                    flush_rows=settings.flush_rows,
+                    flush_interval=settings.flush_interval,
+                    metrics=metrics,
+                    name=f"writer[{i}]",
+                ),
+                policy=RestartPolicy(max_restarts=10, window=60.0, backoff_max=10.0),
+                wait_on_drain=True,
+            )
+        )
+    children.append(
+        ChildSpec(
+            "dedup",
+            _bind(
+                DedupGuard,
+                to_dedup,
+                to_writer_send,
+                committed,
+                capacity=settings.dedup_capacity,
+                metrics=metrics,
+                recent=RecentIds(settings.dedup_capacity),
+            ),
+        )
+    )
+    for source in settings.sources:
+        children.append(
+            ChildSpec(
+                f"consumer[{source}]",
+                _bind(
+                    Consumer,
+                    source,
+                    subscribe,
+                    clone(to_dedup_send),
+                    batch=settings.fetch_batch,
+                    fetch_timeout=settings.fetch_timeout,
+                    catch_up=settings.drain_timeout / 2 if catch_up else 0.0,
+                ),
+            )
+        )
+    # Only the clones feed the channels: the originals would keep them open forever.
+    await to_dedup_send.aclose()
+    await committed_send.aclose()
+    return children
+
+
+def _http_app(
+    settings: Settings,
+    metrics: Metrics,
+    health: Health,
+    *,
+    event_log: Any,
+    store: PgEventStore | None,
+    reports: PgReportStore | None = None,
+) -> Quart:
+    """The Quart app of this role. `store` is None where the role has no database;
+    the reports endpoints are served where `reports` is given."""
+    deps = HttpDeps(settings, metrics, health, event_log=event_log, reports=reports)
+    return create_app(deps)
 
 
 def _bind(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:
@@ -215,22 +326,26 @@ def _migrations_check(store: PgEventStore) -> Callable[[], Any]:
     return check
 
 
-def _pending_probe(subscriptions: dict[str, Any], source: str) -> Callable[[], Any]:
-    async def probe() -> tuple[int, int]:
-        sub = subscriptions.get(source)
-        if sub is None:
-            raise LookupError("not subscribed yet")
-        result: tuple[int, int] = await sub.pending()
-        return result
+def _consumer_probe(bus: JetStreamBus, source: str) -> Callable[[], Any]:
+    async def probe() -> tuple[int, int, int]:
+        return await bus.consumer_state(source)
 
     return probe
 
 
-async def run_until_signalled(settings: Settings, *, on_ready: Callable[[Engine], None]) -> int:
-    """Run until SIGTERM/SIGINT, then drain; a second signal forces. Returns an exit code."""
-    async with open_engine(settings) as engine:
-        on_ready(engine)
+async def run_until_signalled(
+    settings: Settings, *, on_ready: Callable[[Engine], None], role: str | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT, then drain; a second signal forces. Returns an exit code:
+    0 after a clean drain, 1 when the deadline or a second signal forced the exit.
+
+    Signals are caught once the engine runs; before that (connecting, migrating) they
+    keep their default effect and end the process at once: nothing was accepted yet,
+    and a migration under way rolls back with its connection.
+    """
+    async with open_engine(settings, role=role) as engine:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            on_ready(engine)
             async for signum in signals:
                 log.info("received %s: draining", signal.Signals(signum).name)
                 break
@@ -245,4 +360,5 @@ async def run_until_signalled(settings: Settings, *, on_ready: Callable[[Engine]
                 tg.start_soon(force_on_second_signal)
                 clean = await engine.drain()
                 tg.cancel_scope.cancel()
-        return 0 if clean else 1
+    log.info("stopped (%s)", "clean" if clean else "forced", extra={"clean": clean})
+    return 0 if clean else 1

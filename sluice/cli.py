@@ -1,4 +1,4 @@
-"""The `sluice` command: run | migrate | config."""
+"""The `sluice` command: run | migrate | config | publish."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from sluice.config import ConfigError, Settings, load_settings
+from sluice.config import ConfigError, Settings
+from sluice.config.settings import ROLES, load_settings_with_origins
 from sluice.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -23,37 +24,146 @@ log = logging.getLogger("sluice.cli")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
+    run = commands.add_parser(
         "run", help="start the engine (embedded NATS/PostgreSQL unless URLs are set)"
     )
+    run.add_argument(
+        "--role",
+        choices=ROLES,
+        default=None,
+        help="which actors to run: all (default, or SLUICE_ROLE), ingress (webhook), "
+        "worker (consumers and writers), reports (report endpoints)",
+    )
     commands.add_parser("migrate", help="apply pending database migrations and exit")
-    commands.add_parser("config", help="print the effective configuration, secrets masked")
+    config = commands.add_parser("config", help="print the effective configuration, secrets masked")
+    probe = commands.add_parser(
+        "health", help="ask this host's sluice whether it is ready (exit 0) or not (1)"
+    )
+    probe.add_argument("--live", action="store_true", help="ask /health/live instead")
+    probe.add_argument("--url", default=None, help="base URL [http://127.0.0.1:SLUICE_HTTP_PORT]")
+    config.add_argument(
+        "--origin",
+        action="store_true",
+        help="also say where each value comes from (default, profile, file, environment)",
+    )
+    publish = commands.add_parser(
+        "publish", help="send realistic events to a webhook (load generator), then a summary"
+    )
+    _add_publish_arguments(publish)
     args = parser.parse_args(argv)
+    if args.command == "publish":  # a client: needs no engine settings
+        from sluice.publish import cmd_publish
+
+        raise SystemExit(cmd_publish(args))
+    overrides = {"role": args.role} if getattr(args, "role", None) else {}
     try:
-        settings = load_settings()
+        settings, origins = load_settings_with_origins(**overrides)
     except ConfigError as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    setup_logging(settings.log_level, json=settings.env != "dev")
-    handler = {"run": cmd_run, "migrate": cmd_migrate, "config": cmd_config}[args.command]
-    raise SystemExit(handler(settings))
+    setup_logging(settings.log_level, json=settings.log_format == "json")
+    if args.command == "config":
+        raise SystemExit(cmd_config(settings, origins if args.origin else None))
+    if args.command == "health":
+        raise SystemExit(cmd_health(settings, url=args.url, live=args.live))
+    handler = {"run": cmd_run, "migrate": cmd_migrate}[args.command]
+    try:
+        code = handler(settings)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        print(f"sluice: cannot start: {exc}", file=sys.stderr)
+        code = 1
+    raise SystemExit(code)
 
 
-def cmd_config(settings: Settings) -> int:
+class StartupError(Exception):
+    """Start-up failed for a reason the operator must fix (named in the message)."""
+
+
+def _add_publish_arguments(parser: argparse.ArgumentParser) -> None:
+    from sluice.publish import add_arguments
+
+    add_arguments(parser)
+
+
+def cmd_config(settings: Settings, origins: dict[str, str] | None = None) -> int:
+    """Print KEY=value lines (secrets masked); with `origins`, a `# where` after each."""
     for key, value in settings.masked().items():
-        print(f"{key}={value}")
+        where = f"  # {origins.get(key, 'default')}" if origins is not None else ""
+        print(f"{key}={value}{where}")
     return 0
 
 
+def cmd_health(settings: Settings, *, url: str | None, live: bool) -> int:
+    """For container healthchecks: GET /health/ready (or /live); 0 on 200, else 1."""
+    import urllib.error
+    import urllib.request
+
+    if url is None:
+        host = settings.http_host
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        url = f"http://{f'[{host}]' if ':' in host else host}:{settings.http_port}"
+    target = f"{url.rstrip('/')}/health/{'live' if live else 'ready'}"
+    try:
+        with urllib.request.urlopen(target, timeout=5) as response:
+            print(response.read().decode(errors="replace"))
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode(errors="replace"), file=sys.stderr)
+    except OSError as exc:
+        print(f"sluice: {target}: {exc}", file=sys.stderr)
+    return 1
+
+
 @contextlib.contextmanager
-def _servers(settings: Settings, *, nats: bool = True) -> Iterator[Settings]:
+def _startup_errors() -> Iterator[None]:
+    """Turn the errors an operator can fix into one clear StartupError."""
+    from sluice.edges.embedded import EmbeddedError
+    from sluice.engine import RestartBudgetExceeded
+    from sluice.ports import LogUnavailable, StoreUnavailable
+    from sluice.sql.migrate import MigrationError
+
+    known = (MigrationError, StoreUnavailable, LogUnavailable, EmbeddedError)
+    try:
+        yield
+    except known as exc:
+        raise StartupError(_explain(exc)) from exc
+    except RestartBudgetExceeded as exc:
+        raise StartupError(str(exc)) from exc
+    except BaseExceptionGroup as group:
+        matched, rest = group.split((*known, RestartBudgetExceeded))
+        if matched is None or rest is not None:
+            raise
+        raise StartupError("; ".join(_explain(e) for e in _leaves(matched))) from group
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+def _explain(exc: BaseException) -> str:
+    from sluice.sql.migrate import MigrationError
+
+    if isinstance(exc, MigrationError):
+        return f"migration failed and was rolled back: {exc}"
+    return str(exc) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _servers(settings: Settings, *, nats: bool = True, postgres: bool = True) -> Iterator[Settings]:
     """Start the embedded servers for whichever URL is unset; stop them on the way out."""
     from sluice.edges.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServers
 
     with contextlib.ExitStack() as stack:
         changes: dict[str, Any] = {}
         want_nats = nats and not settings.nats_url
-        if want_nats and not settings.database_url:
+        want_postgres = postgres and not settings.database_url
+        if not want_nats and not want_postgres:
+            pass
+        elif want_nats and want_postgres:
             both = EmbeddedServers(settings.data_dir)
             stack.callback(both.stop)
             changes["nats_url"], changes["database_url"] = both.start()
@@ -61,10 +171,10 @@ def _servers(settings: Settings, *, nats: bool = True) -> Iterator[Settings]:
             nats_server = EmbeddedNats(settings.data_dir)
             stack.callback(nats_server.stop)
             changes["nats_url"] = nats_server.start()
-        elif not settings.database_url:
-            postgres = EmbeddedPostgres(settings.data_dir)
-            stack.callback(postgres.stop)
-            changes["database_url"] = postgres.start()
+        else:
+            pg_server = EmbeddedPostgres(settings.data_dir)
+            stack.callback(pg_server.stop)
+            changes["database_url"] = pg_server.start()
         yield dataclasses.replace(settings, **changes)
 
 
@@ -76,7 +186,7 @@ def cmd_migrate(settings: Settings) -> int:
         async with PgEventStore.open(settings.database_url, migrate=True):
             pass
 
-    with _servers(settings, nats=False) as s:
+    with _startup_errors(), _servers(settings, nats=False) as s:
         anyio.run(migrate, s, backend="asyncio")
     print("migrations applied")
     return 0
@@ -85,20 +195,29 @@ def cmd_migrate(settings: Settings) -> int:
 def cmd_run(settings: Settings) -> int:
     from sluice.app import Engine, run_until_signalled
 
+    role = settings.role
+
     def announce(engine: Engine) -> None:
         url = engine.http_url
-        data = settings.data_dir.resolve() if not settings.database_url else "external servers"
-        print(
-            f"sluice is running\n"
-            f"  webhook:  POST {url}/webhook\n"
-            f"  health:   GET  {url}/health/ready\n"
-            f"  metrics:  GET  {url}/metrics\n"
-            f"  data:     {data}\n"
-            f"  stop:     Ctrl-C (drains, then exits)",
-            flush=True,
-        )
+        external = settings.database_url or settings.nats_url
+        data = "external servers" if external else settings.data_dir.resolve()
+        lines = [f"sluice is running (role {role}, profile {settings.env})"]
+        if role in ("all", "ingress"):
+            lines.append(f"  webhook:  POST {url}/webhook")
+        lines += [
+            f"  health:   GET  {url}/health/ready",
+            f"  metrics:  GET  {url}/metrics",
+            f"  data:     {data}",
+            "  stop:     Ctrl-C or SIGTERM (drains, then exits; a second one forces)",
+        ]
+        print("\n".join(lines), flush=True)
 
-    with _servers(settings) as resolved:
+    uses_nats = role != "reports"
+    uses_postgres = role != "ingress"
+    with (
+        _startup_errors(),
+        _servers(settings, nats=uses_nats, postgres=uses_postgres) as resolved,
+    ):
         code: int = anyio.run(
             lambda: run_until_signalled(resolved, on_ready=announce),
             backend="asyncio",

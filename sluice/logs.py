@@ -1,4 +1,9 @@
-"""Logging: one JSON object per line, or readable lines for the dev profile."""
+"""Logging: one JSON object per line, or readable lines for the dev profile.
+
+Every record carries `timestamp`, `level`, `logger`, `message`, and `actor` (the
+supervised child whose task logged it, see `sluice.engine.current_actor`) when there is
+one; fields passed with `extra=` follow as they are (lists and mappings stay JSON).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,37 @@ from typing import Any
 
 import msgspec
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+from sluice.engine import current_actor
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 _encoder = msgspec.json.Encoder()
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    found = {
+        key: value
+        for key, value in vars(record).items()
+        if key not in _STANDARD and not key.startswith("_") and key != "fields"
+    }
+    if "actor" not in found:
+        actor = current_actor.get()
+        if actor is not None:
+            found = {"actor": actor, **found}
+    return found
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    return repr(value)
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,9 +55,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value if isinstance(value, str | int | float | bool) else repr(value)
+        for key, value in _fields(record).items():
+            entry.setdefault(key, _jsonable(value))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _encoder.encode(entry).decode()
@@ -34,12 +67,17 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s%(fields)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        extra = {k: v for k, v in vars(record).items() if k not in _STANDARD and k != "fields"}
-        record.fields = "".join(f" {k}={v}" for k, v in extra.items() if not k.startswith("_"))
+        shown = []
+        for key, value in _fields(record).items():
+            if isinstance(value, list | tuple | set | frozenset):
+                value = ",".join(str(item) for item in value)
+            shown.append(f" {key}={value}")
+        record.fields = "".join(shown)
         return super().format(record)
 
 
 def setup_logging(level: str, *, json: bool) -> None:
+    """Send every log record to stderr: JSON lines, or text lines when `json` is False."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json else TextFormatter())
     root = logging.getLogger()

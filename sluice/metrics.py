@@ -1,9 +1,31 @@
-"""The Prometheus metrics of one sluice process (one registry per process)."""
+"""The Prometheus metrics of one sluice process (one registry per process).
+
+Every process exports its own registry on its own `/metrics`; nothing is shared between
+processes (no multiprocess files). Prometheus scrapes each one and sums.
+
+`events_reconciliation` (gauge) is, for this process:
+
+    events_accepted_total - events_processed_total - events_duplicate_total
+      - events_dead_lettered_total - events_in_flight
+
+summed over sources, where `events_in_flight` counts the events this process published
+that JetStream has not yet delivered to a consumer, plus the events in messages this
+process fetched and has not yet acked (see `sluice.inflight`). Every event is counted
+when its message is finished (acked), so a message redelivered after a crash is counted
+once. Zero means nothing is missing: in one process (role all) at any time at rest, and
+for a deployment split by role as `sum(events_reconciliation)` over its processes.
+Positive means events were accepted and are neither stored, duplicate, dead-lettered nor
+in flight (lost, or naked back to JetStream and awaiting redelivery). Negative means
+events were counted twice (an ack JetStream never got) or finished by a process that did
+not accept them, e.g. after a restart or by a worker of a split deployment.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from sluice.inflight import InFlight
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -16,6 +38,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.in_flight = InFlight()
         r = self.registry
         self.events_accepted = Counter(
             "events_accepted", "Events made durable in JetStream (2xx)", ["source"], registry=r
@@ -77,5 +100,42 @@ class Metrics:
             registry=r,
         )
 
+        self.dead_letter_queue_size = Gauge(
+            "dead_letter_queue_size",
+            "Dead letters stored and not yet replayed (sampled from PostgreSQL)",
+            registry=r,
+        )
+        self.events_in_flight = Gauge(
+            "events_in_flight",
+            "Events accepted here and not yet delivered, or fetched here and not yet acked",
+            registry=r,
+        )
+        self.events_in_flight.set_function(lambda: float(self.in_flight.total))
+        self.events_reconciliation = Gauge(
+            "events_reconciliation",
+            "accepted - processed - duplicate - dead-lettered - in flight (0: nothing missing)",
+            registry=r,
+        )
+        self.events_reconciliation.set_function(lambda: float(self.reconciliation()))
+
+    def reconciliation(self) -> int:
+        """The `events_reconciliation` value now (see the module docstring)."""
+        finished = (
+            _total(self.events_processed)
+            + _total(self.events_duplicate)
+            + _total(self.events_dead_lettered)
+        )
+        return round(_total(self.events_accepted) - finished) - self.in_flight.total
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _total(counter: Counter) -> float:
+    """The sum of a counter's `_total` samples over all its label values."""
+    return sum(
+        sample.value
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )

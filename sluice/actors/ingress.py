@@ -16,6 +16,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from sluice.engine import Actor
+from sluice.http.webhook import front
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -72,10 +73,11 @@ class Ingress(Actor):
         config.keep_alive_timeout = 75
         config.include_server_header = False
         log.info("listening on http://%s:%d", host, port)
+        app = front(self._app)  # the webhook served raw, beside Quart for the rest
 
         async def serve_until_triggered() -> None:
             with anyio.CancelScope(shield=True):
-                await serve(self._app, config, shutdown_trigger=self._shutdown.wait, mode="asgi")
+                await serve(app, config, shutdown_trigger=self._shutdown.wait, mode="asgi")
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve_until_triggered)

@@ -1,4 +1,10 @@
-"""metrics reporter: samples what no request path sees (consumer lag, channel depths)."""
+"""metrics reporter: samples what no request path sees.
+
+Every `interval` seconds: the depth of each in-process channel; for each source, its
+durable consumer's pending and ack-pending counts (consumer lag), whose delivered stream
+sequence also settles this process's in-flight ledger (see `sluice.inflight`); and the
+dead-letter queue size where this process has the database.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sluice.metrics")
 
-PendingProbe = Callable[[], Awaitable[tuple[int, int]]]
+ConsumerProbe = Callable[[], Awaitable[tuple[int, int, int]]]
+"""(pending, ack pending, last delivered stream sequence) of one source's consumer."""
+
+CountProbe = Callable[[], Awaitable[int]]
 
 
 class MetricsReporter(Actor):
@@ -29,12 +38,14 @@ class MetricsReporter(Actor):
         metrics: Metrics,
         *,
         channels: Mapping[str, MemoryObjectReceiveStream[Any]],
-        consumers: Mapping[str, PendingProbe],
+        consumers: Mapping[str, ConsumerProbe],
         interval: float,
+        dead_letters: CountProbe | None = None,
     ) -> None:
         self._metrics = metrics
         self._channels = channels
         self._consumers = consumers
+        self._dead_letters = dead_letters
         self._interval = interval
         self._stop = anyio.Event()
 
@@ -49,15 +60,26 @@ class MetricsReporter(Actor):
                 await self._stop.wait()
 
     async def sample(self) -> None:
+        """Take one sample of everything; a probe that fails or hangs is skipped."""
+        m = self._metrics
         for name, stream in self._channels.items():
-            depth = stream.statistics().current_buffer_used
-            self._metrics.channel_depth.labels(name).set(depth)
+            m.channel_depth.labels(name).set(stream.statistics().current_buffer_used)
         for source, probe in self._consumers.items():
-            try:
-                with anyio.fail_after(self._interval):
-                    pending, ack_pending = await probe()
-            except Exception as exc:  # a missed sample is not worth a restart
-                log.debug("cannot sample consumer %s: %r", source, exc)
-                continue
-            self._metrics.consumer_pending.labels(source).set(pending)
-            self._metrics.consumer_ack_pending.labels(source).set(ack_pending)
+            state = await self._ask(f"consumer {source}", probe)
+            if state is not None:
+                pending, ack_pending, delivered = state
+                m.consumer_pending.labels(source).set(pending)
+                m.consumer_ack_pending.labels(source).set(ack_pending)
+                m.in_flight.delivered_up_to(source, delivered)
+        if self._dead_letters is not None:
+            size = await self._ask("dead letters", self._dead_letters)
+            if size is not None:
+                m.dead_letter_queue_size.set(size)
+
+    async def _ask(self, what: str, probe: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            with anyio.fail_after(self._interval):
+                return await probe()
+        except Exception as exc:  # a missed sample is not worth a restart
+            log.debug("cannot sample %s: %r", what, exc)
+            return None

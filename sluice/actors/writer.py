@@ -148,6 +148,7 @@ class BatchWriter(Actor):
     ) -> None:
         m = self._metrics
         stored: list[str] = []
+        total_new = 0
         for work in batch:
             new = refused = 0
             for row in work.rows:
@@ -164,13 +165,21 @@ class BatchWriter(Actor):
                 m.events_duplicate.labels(work.source).inc(duplicates)
             if work.dead or refused:
                 m.events_dead_lettered.labels(work.source).inc(len(work.dead) + refused)
-            log.debug(
-                "committed %d rows (%d new)",
-                len(work.rows),
-                new,
-                extra={"correlation_id": work.correlation_id},
-            )
-        m.batch_size.observe(sum(len(work.rows) for work in batch))
+            total_new += new
+        rows = sum(len(work.rows) for work in batch)
+        log.info(
+            "committed %d rows (%d new) from %d messages in %.1f ms, acked",
+            rows,
+            total_new,
+            len(batch),
+            seconds * 1000,
+            extra={
+                "correlation_ids": list(
+                    dict.fromkeys(w.correlation_id for w in batch if w.correlation_id)
+                )
+            },
+        )
+        m.batch_size.observe(rows)
         m.batch_flush_seconds.observe(seconds)
         if self._committed is not None and stored:
             # The dedup guard is only a cache; the database key is the authority.

@@ -1,5 +1,19 @@
-"""Configuration: defaults < environment."""
+"""Configuration: defaults < profile (SLUICE_ENV) < SLUICE_PROFILE_FILE < environment."""
 
-from sluice.config.settings import ConfigError, Settings, load_settings
+from sluice.config.settings import (
+    PROFILES,
+    ROLES,
+    ConfigError,
+    Settings,
+    load_settings,
+    load_settings_with_origins,
+)
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = [
+    "PROFILES",
+    "ROLES",
+    "ConfigError",
+    "Settings",
+    "load_settings",
+    "load_settings_with_origins",
+]

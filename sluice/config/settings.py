@@ -1,9 +1,16 @@
-"""Settings: environment variables over defaults, checked all at once at start-up."""
+"""Settings: environment variables over a profile file over defaults, checked at once.
+
+The profile is `sluice/config/profiles/<SLUICE_ENV>.toml` (dev, staging or prod; dev by
+default), keyed by the same names as the environment variables. `SLUICE_PROFILE_FILE`
+names one more TOML file of your own, read after the profile. Precedence, lowest first:
+defaults < profile < SLUICE_PROFILE_FILE < environment.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +20,12 @@ if TYPE_CHECKING:
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+
+PROFILES_DIR = Path(__file__).with_name("profiles")
+PROFILES = ("dev", "staging", "prod")
+ROLES = ("all", "ingress", "worker", "reports")
+# Variables that choose the profile, so no profile may set them.
+_META = ("SLUICE_ENV", "SLUICE_PROFILE_FILE")
 
 
 class ConfigError(Exception):
@@ -27,6 +40,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise ValueError("must be a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a non-negative integer")
     return value
 
 
@@ -58,6 +78,16 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
 def _text(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -74,8 +104,11 @@ class Settings:
 
     nats_url: str | None = _env("NATS_URL", _text, None, secret=True)
     database_url: str | None = _env("DATABASE_URL", _text, None, secret=True)
-    env: str = _env("SLUICE_ENV", _text, "dev")
+    env: str = _env("SLUICE_ENV", _choice(*PROFILES), "dev")
+    profile_file: Path | None = _env("SLUICE_PROFILE_FILE", lambda t: Path(_text(t)), None)
+    role: str = _env("SLUICE_ROLE", _choice(*ROLES), "all")
     log_level: str = _env("LOG_LEVEL", _log_level, "INFO")
+    log_format: str = _env("SLUICE_LOG_FORMAT", _choice("json", "text"), "json")
 
     http_host: str = _env("SLUICE_HTTP_HOST", _text, "127.0.0.1")
     http_port: int = _env("SLUICE_HTTP_PORT", _port, 8000)
@@ -84,8 +117,10 @@ class Settings:
     max_inflight_publishes: int = _env("SLUICE_MAX_INFLIGHT_PUBLISHES", _positive_int, 256)
     publish_timeout: float = _env("SLUICE_PUBLISH_TIMEOUT", _positive_float, 5.0)
     retry_after_seconds: int = _env("SLUICE_RETRY_AFTER", _positive_int, 1)
+    # 429 while more than this many messages wait in the consumers (0: never).
+    max_backlog: int = _env("SLUICE_MAX_BACKLOG", _non_negative_int, 2000)
 
-    sources: tuple[str, ...] = _env("SLUICE_SOURCES", _names, ("facebook", "tiktok"))
+    sources: tuple[str, ...] = _env("SLUICE_SOURCES", _names, ("facebook", "tiktok", "generic"))
     stream: str = _env("SLUICE_STREAM", _text, "EVENTS")
     subject_prefix: str = _env("SLUICE_SUBJECT_PREFIX", _text, "events")
     stream_max_age: float = _env("SLUICE_STREAM_MAX_AGE", _positive_float, 7 * 24 * 3600.0)
@@ -124,32 +159,137 @@ class Settings:
 
 
 def _mask_url(url: str) -> str:
+    """Hide passwords and tokens: user:pass@, token@, and password=/token= parameters.
+
+    NATS takes several comma-separated server URLs: each is masked.
+    """
+    return ",".join(_mask_one(part) for part in url.split(","))
+
+
+def _mask_one(url: str) -> str:
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+    if not sep:
+        scheme, rest = "", url
+    location, qsep, query = rest.partition("?")
+    if "@" in location:
+        credentials, _, host = location.rpartition("@")
+        if ":" in credentials:
+            location = f"{credentials.split(':', 1)[0]}:***@{host}"
+        else:
+            location = f"***@{host}"  # a bare token
+    if qsep:
+        params = []
+        for param in query.split("&"):
+            key, eq, _ = param.partition("=")
+            secret = key.lower() in {"password", "pass", "token", "sslpassword", "auth_token"}
+            params.append(f"{key}=***" if eq and secret else param)
+        query = "&".join(params)
+    return f"{scheme}{sep}{location}{qsep}{query}"
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Read settings from `environ` (default: the process environment).
+    """Read settings: `environ` (default: the process environment) over the profile
+    file that SLUICE_ENV names over the defaults; `overrides` (field names) win over all.
 
-    Raises ConfigError naming every bad variable at once.
+    Raises ConfigError naming every bad variable at once (from any layer).
     """
+    settings, _ = load_settings_with_origins(environ, **overrides)
+    return settings
+
+
+def load_settings_with_origins(
+    environ: Mapping[str, str] | None = None, **overrides: Any
+) -> tuple[Settings, dict[str, str]]:
+    """`load_settings`, plus where each value came from, by variable name: "default",
+    "profile <env>", "file <SLUICE_PROFILE_FILE>", "environment" or "override".
+
+    Raises ConfigError."""
     environ = os.environ if environ is None else environ
+    fields = {f.metadata["env"]: f for f in dataclasses.fields(Settings)}
     values: dict[str, Any] = {}
+    origins = dict.fromkeys(fields, "default")
     problems: list[str] = []
-    for f in dataclasses.fields(Settings):
-        raw = environ.get(f.metadata["env"])
-        if raw is None or raw == "":
-            continue
+
+    def take(name: str, raw: str, origin: str) -> None:
+        f = fields[name]
         try:
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
             reason = str(exc) if "must" in str(exc) else f"cannot parse {raw!r}"
-            problems.append(f"{f.metadata['env']}={raw!r}: {reason}")
-    if problems:
-        raise ConfigError(problems)
+            where = "" if origin == "environment" else f" (in {origin})"
+            problems.append(f"{name}={raw!r}{where}: {reason}")
+        else:
+            origins[name] = origin
+
+    for name in _META:  # the environment alone chooses the profile
+        raw = environ.get(name)
+        if raw:
+            take(name, raw, "environment")
+    env = values.get("env", "dev")
+    profile_files = [(f"profile {env}", PROFILES_DIR / f"{env}.toml")]
+    if environ.get("SLUICE_ENV") and "env" not in values:
+        profile_files = []  # a bad SLUICE_ENV is reported; no profile to read
+    if values.get("profile_file") is not None:
+        profile_files.append((f"file {values['profile_file']}", values["profile_file"]))
+    for label, path in profile_files:
+        for name, raw in _read_profile(path, fields, problems).items():
+            take(name, raw, label)
+    for name in fields:
+        raw = environ.get(name)
+        if name not in _META and raw is not None and raw != "":
+            take(name, raw, "environment")
+    for f in fields.values():
+        if f.name in overrides:
+            origins[f.metadata["env"]] = "override"
     values.update(overrides)
-    return Settings(**values)
+    settings = None
+    if not problems:
+        settings = Settings(**values)
+        problems.extend(_consistency(settings))
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings, origins
+
+
+def _read_profile(path: Path, fields: Mapping[str, Any], problems: list[str]) -> dict[str, str]:
+    """The profile's values as text (so the environment's parsers check them)."""
+    try:
+        with path.open("rb") as file:
+            table = tomllib.load(file)
+    except FileNotFoundError:
+        problems.append(f"profile {path}: no such file")
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        problems.append(f"profile {path}: {exc}")
+        return {}
+    found: dict[str, str] = {}
+    for key, value in table.items():
+        if key in _META or key not in fields:
+            why = "chosen by the environment only" if key in _META else "unknown setting"
+            problems.append(f"{key} (in {path}): {why}")
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            found[key] = ",".join(value)
+        elif isinstance(value, bool):
+            found[key] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            found[key] = str(value)
+        else:
+            problems.append(f"{key} (in {path}): must be a string, a number or a list of strings")
+    return found
+
+
+def _consistency(settings: Settings) -> list[str]:
+    """Problems no single value shows, named by the variable to change."""
+    problems = []
+    if settings.fetch_timeout >= settings.ack_wait:
+        # A fetch that outlasts ack_wait gets messages redelivered while still in hand.
+        problems.append(
+            f"SLUICE_FETCH_TIMEOUT={settings.fetch_timeout:g}: must be below "
+            f"SLUICE_ACK_WAIT={settings.ack_wait:g}"
+        )
+    if settings.flush_interval >= settings.ack_wait:
+        problems.append(
+            f"SLUICE_FLUSH_INTERVAL={settings.flush_interval:g}: must be below "
+            f"SLUICE_ACK_WAIT={settings.ack_wait:g}"
+        )
+    return problems

@@ -68,7 +68,7 @@ class NatsSubscription:
     async def fetch(self, batch: int, timeout: float) -> Sequence[NatsDelivery]:
         try:
             msgs = await self._sub.fetch(batch, timeout=timeout)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from _fetch_n when idle
             return []
         except (nats.errors.ConnectionClosedError, nats.errors.Error) as exc:
             raise LogUnavailable(f"fetch failed: {exc!r}") from exc
@@ -162,6 +162,37 @@ class JetStreamBus:
         except (nats.errors.Error, OSError) as exc:
             raise LogUnavailable(f"JetStream did not ack: {exc!r}") from exc
         return PublishAck(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def backlog(self) -> int:
+        """Messages not yet acked by the writers (pending + ack pending), all sources.
+
+        The webhook answers 429 above SLUICE_MAX_BACKLOG: JetStream would hold any
+        backlog, but then every event would wait longer and longer to be stored.
+        A consumer that does not exist yet counts as empty.
+        """
+        s = self._settings
+        total = 0
+        for source in s.sources:
+            try:
+                info = await self._js.consumer_info(s.stream, f"sluice-{source}", timeout=1.0)
+            except nats.js.errors.NotFoundError:
+                continue
+            except (nats.errors.Error, OSError) as exc:
+                raise LogUnavailable(f"consumer info failed: {exc!r}") from exc
+            total += int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        return total
+
+    async def consumer_state(self, source: str) -> tuple[int, int, int]:
+        """(pending, ack pending, last delivered stream sequence) of `source`'s durable
+        consumer, for the metrics reporter. Raises LogUnavailable, also when the
+        consumer does not exist yet."""
+        s = self._settings
+        try:
+            info = await self._js.consumer_info(s.stream, f"sluice-{source}", timeout=2.0)
+        except (nats.errors.Error, OSError) as exc:
+            raise LogUnavailable(f"consumer info failed: {exc!r}") from exc
+        delivered = info.delivered.stream_seq if info.delivered is not None else 0
+        return int(info.num_pending or 0), int(info.num_ack_pending or 0), int(delivered or 0)
 
     async def subscribe(self, source: str) -> NatsSubscription:
         """Bind to (creating or updating) the durable pull consumer for `source`."""

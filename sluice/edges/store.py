@@ -8,9 +8,10 @@ write_batch is one transaction per batch:
 2. `INSERT INTO events SELECT ... FROM staging ON CONFLICT (event_id) DO NOTHING
    RETURNING ...` inside a CTE named `inserted`: exactly the rows that were new.
 
-COPY cannot do ON CONFLICT itself, hence the staging table (measured: ~65-115k rows/s).
-Rollup updates belong in the same statement, as further CTEs reading `inserted`
-(see `_INSERT_NEW`), so they count each event once whatever the duplicates.
+COPY cannot do ON CONFLICT itself, hence the staging table (measured: ~65-115k rows/s
+without rollups). The rollups (migration 002) are updated in the same statement, as
+further CTEs reading `inserted` (see `_INSERT_NEW`), so they count each event once
+whatever the duplicates; they cost ~25-65% of the throughput (bench/README.md).
 
 Errors are mapped to the port's two kinds: `StoreUnavailable` (the connection or the
 server is not usable right now; retry later, nothing was stored) and `RowsRejected`
@@ -41,6 +42,9 @@ T = TypeVar("T")
 
 STAGING_TABLE = "sluice_staging_events"
 
+# Every sluice connection works in UTC: the rollups' date_trunc buckets are UTC days.
+SERVER_SETTINGS = {"timezone": "UTC"}
+
 # Column order of EventRow, of the staging table and of the COPY records.
 COLUMNS: tuple[str, ...] = (
     "event_id",
@@ -55,6 +59,14 @@ COLUMNS: tuple[str, ...] = (
     "purchase_amount",
     "correlation_id",
     "data",
+    "revenue",
+    "account_id",
+    "age",
+    "gender",
+    "city",
+    "followers",
+    "device",
+    "video_id",
 )
 _COLUMN_LIST = ", ".join(COLUMNS)
 
@@ -73,28 +85,117 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
     campaign_id     text,
     purchase_amount numeric,
     correlation_id  text,
-    data            jsonb
+    data            jsonb,
+    revenue         numeric,
+    account_id      text,
+    age             integer,
+    gender          text,
+    city            text,
+    followers       bigint,
+    device          text,
+    video_id        text
 ) ON COMMIT DELETE ROWS
 """
 
+# Bucket widths of the time rollups: minute, hour and day (UTC: the pools' time zone).
+_GRAINS = "(VALUES ('m'::\"char\", 'minute'), ('h', 'hour'), ('d', 'day'))"
+
 # What `inserted` hands on: whatever a rollup may group or sum by (not `data`, the bulk).
 _RETURNED = (
-    "event_id, source, funnel_stage, event_type, occurred_at, user_id,"
-    " country, campaign_id, purchase_amount"
+    "event_id, source, funnel_stage, event_type, occurred_at, user_id, country, campaign_id,"
+    " revenue, age, gender, city, followers, device, video_id"
 )
 
-# The rows that were actually new come out of `inserted`. A later migration's rollups
-# hook in here, in the same statement and transaction, e.g.:
-#   , rolled AS (INSERT INTO rollup_minute ... SELECT ... FROM inserted GROUP BY ...
-#                ON CONFLICT (...) DO UPDATE SET n = rollup_minute.n + EXCLUDED.n, ...)
-# The staging table never holds an event_id twice (write_batch keeps the first copy),
-# and ON CONFLICT DO NOTHING would skip a repeat anyway.
+# The rows that were actually new come out of `inserted`; the rollups (migration 002) are
+# updated from them in the same statement, so a duplicate never counts twice. The staging
+# table never holds an event_id twice (write_batch keeps the first copy), and ON CONFLICT
+# DO NOTHING would skip a repeat anyway. Every INSERT takes its rows in key order: writers
+# then lock shared rows (events, rollup buckets) in one order and never deadlock, they
+# only queue behind each other's commit on the buckets they share.
 _INSERT_NEW = f"""
 WITH inserted AS (
     INSERT INTO events ({_COLUMN_LIST})
     SELECT {_COLUMN_LIST} FROM {STAGING_TABLE}
+    ORDER BY event_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING {_RETURNED}
+),
+minutes AS MATERIALIZED (
+    -- Pre-aggregated once: the grains below then read tens of rows, not the batch.
+    SELECT date_trunc('minute', occurred_at) AS minute, source, funnel_stage, event_type,
+           country, campaign_id, count(*) AS events, coalesce(sum(revenue), 0) AS revenue,
+           count(revenue) AS transactions
+    FROM inserted
+    GROUP BY 1, 2, 3, 4, 5, 6
+),
+rolled_events AS (
+    INSERT INTO rollup_events AS r
+    SELECT g.grain, date_trunc(g.unit, m.minute), m.source, m.funnel_stage, m.event_type,
+           m.country, sum(m.events), sum(m.revenue), sum(m.transactions)
+    FROM minutes m CROSS JOIN {_GRAINS} g (grain, unit)
+    GROUP BY 1, 2, 3, 4, 5, 6
+    ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT ON CONSTRAINT rollup_events_key DO UPDATE SET
+        events = r.events + EXCLUDED.events,
+        revenue = r.revenue + EXCLUDED.revenue,
+        transactions = r.transactions + EXCLUDED.transactions
+),
+rolled_campaigns AS (
+    INSERT INTO rollup_campaigns AS r
+    SELECT g.grain, date_trunc(g.unit, m.minute), m.source, m.campaign_id,
+           sum(m.events), sum(m.revenue), sum(m.transactions)
+    FROM minutes m CROSS JOIN {_GRAINS} g (grain, unit)
+    WHERE m.campaign_id IS NOT NULL
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (grain, bucket, source, campaign_id) DO UPDATE SET
+        events = r.events + EXCLUDED.events,
+        revenue = r.revenue + EXCLUDED.revenue,
+        transactions = r.transactions + EXCLUDED.transactions
+),
+hours AS (
+    SELECT date_trunc('hour', occurred_at) AS hour, source, sluice_age_range(age) AS age_range,
+           gender, country, city, sluice_followers_range(followers) AS followers_range, device,
+           count(*) AS events,
+           sum(followers) AS followers_sum, min(followers) AS followers_min,
+           max(followers) AS followers_max
+    FROM inserted
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+),
+rolled_audience AS (
+    INSERT INTO rollup_audience AS r
+    SELECT g.grain, date_trunc(g.unit, h.hour), h.source, a.dimension, a.value,
+           a.city_country, sum(h.events),
+           sum(h.followers_sum) FILTER (WHERE a.dimension = 'followers'),
+           min(h.followers_min) FILTER (WHERE a.dimension = 'followers'),
+           max(h.followers_max) FILTER (WHERE a.dimension = 'followers')
+    FROM hours h
+    CROSS JOIN LATERAL sluice_audience(h.age_range, h.gender, h.country, h.city,
+                                       h.followers_range, h.device) a
+    CROSS JOIN (VALUES ('h'::"char", 'hour'), ('d', 'day')) g (grain, unit)
+    GROUP BY 1, 2, 3, 4, 5, 6
+    ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT ON CONSTRAINT rollup_audience_key DO UPDATE SET
+        events = r.events + EXCLUDED.events,
+        followers_sum = r.followers_sum + EXCLUDED.followers_sum,
+        followers_min = least(r.followers_min, EXCLUDED.followers_min),
+        followers_max = greatest(r.followers_max, EXCLUDED.followers_max)
+),
+rolled_entities AS (
+    INSERT INTO entity_totals AS t
+    SELECT x.entity, x.source, x.key, count(*), coalesce(sum(x.revenue), 0), count(x.revenue)
+    FROM (
+        SELECT 'user' AS entity, source, user_id AS key, revenue FROM inserted
+        WHERE user_id IS NOT NULL
+        UNION ALL
+        SELECT 'video', source, video_id, revenue FROM inserted WHERE video_id IS NOT NULL
+    ) x
+    GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+    ON CONFLICT (entity, source, key) DO UPDATE SET
+        events = t.events + EXCLUDED.events,
+        revenue = t.revenue + EXCLUDED.revenue,
+        transactions = t.transactions + EXCLUDED.transactions
 )
 SELECT event_id FROM inserted
 """
@@ -209,7 +310,11 @@ class PgEventStore:
         """
         with _mapped():
             pool = await asyncpg.create_pool(
-                url, min_size=min_size, max_size=max_size, init=_init_connection
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                init=_init_connection,
+                server_settings=SERVER_SETTINGS,
             )
         try:
             store = cls(pool)
@@ -245,6 +350,14 @@ class PgEventStore:
                 r.purchase_amount,
                 r.correlation_id,
                 r.data,  # JSON text: asyncpg's binary jsonb codec takes str
+                r.revenue,
+                r.account_id,
+                r.age,
+                r.gender,
+                r.city,
+                r.followers,
+                r.device,
+                r.video_id,
             )
             for r in staged
         ]
@@ -283,6 +396,12 @@ class PgEventStore:
 
     async def count_events(self) -> int:
         count: int = await self._run(lambda conn: conn.fetchval("SELECT count(*) FROM events"))
+        return count
+
+    async def count_dead_letters_pending(self) -> int:
+        """Dead letters not replayed yet (the DLQ size; uses the partial index)."""
+        query = "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL"
+        count: int = await self._run(lambda conn: conn.fetchval(query))
         return count
 
 

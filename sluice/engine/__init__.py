@@ -7,7 +7,14 @@ Depends only on anyio, so it runs on asyncio and trio alike. The test kit is in
 from ._actor import Actor
 from ._channels import open_channel
 from ._clock import AnyioClock, Clock
-from ._supervisor import ChildSpec, Restart, RestartBudgetExceeded, RestartPolicy, Supervisor
+from ._supervisor import (
+    ChildSpec,
+    Restart,
+    RestartBudgetExceeded,
+    RestartPolicy,
+    Supervisor,
+    current_actor,
+)
 
 __all__ = [
     "Actor",
@@ -18,5 +25,6 @@ __all__ = [
     "RestartBudgetExceeded",
     "RestartPolicy",
     "Supervisor",
+    "current_actor",
     "open_channel",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import logging
 import random
@@ -20,9 +21,23 @@ from ._clock import AnyioClock, Clock
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-__all__ = ["ChildSpec", "Restart", "RestartBudgetExceeded", "RestartPolicy", "Supervisor"]
+__all__ = [
+    "ChildSpec",
+    "Restart",
+    "RestartBudgetExceeded",
+    "RestartPolicy",
+    "Supervisor",
+    "current_actor",
+]
 
 logger = logging.getLogger("sluice.engine")
+
+current_actor: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "sluice_current_actor", default=None
+)
+"""The name of the child whose task (or a task it started) is running; None elsewhere.
+
+Set by the supervisor for each child, so logs can name the actor without passing it."""
 
 
 class Restart(enum.Enum):
@@ -80,12 +95,19 @@ class RestartPolicy:
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """A supervised child: `factory()` makes a fresh actor for each start and restart."""
+    """A supervised child: `factory()` makes a fresh actor for each start and restart.
+
+    `wait_on_drain`: when draining, wait for this child to return before asking the
+    children started before it to stop (e.g. HTTP ingress finishes its in-flight
+    requests, and so its publishes, before the consumers stop fetching). Children
+    without it are asked to stop without waiting, as soon as their turn comes.
+    """
 
     name: str
     factory: Callable[[], Actor]
     restart: Restart = Restart.PERMANENT
     policy: RestartPolicy = RestartPolicy()
+    wait_on_drain: bool = False
 
 
 class RestartBudgetExceeded(Exception):
@@ -151,11 +173,13 @@ class Supervisor:
         self._unclean = False  # a child crashed after drain began
         self._restarts = dict.fromkeys(names, 0)
         self._alive = dict.fromkeys(names, False)
+        self._started: set[str] = set()  # children whose wrapper task has begun
         self._actors: dict[str, Actor] = {}  # current instance, from factory() to return
         self._backoffs: dict[str, anyio.CancelScope] = {}
         self._scope: anyio.CancelScope | None = None
         # Created in run(): anyio primitives belong to a running event loop.
         self._finished: anyio.Event | None = None
+        self._ended: dict[str, anyio.Event] = {}  # per child: done for good
 
     @property
     def draining(self) -> bool:
@@ -191,6 +215,7 @@ class Supervisor:
         if self._finished is not None:
             raise RuntimeError(f"{self.name}: run() can only be called once")
         self._finished = anyio.Event()
+        self._ended = {spec.name: anyio.Event() for spec in self._specs}
         reported = False
         escalated: RestartBudgetExceeded | None = None
         try:
@@ -203,6 +228,10 @@ class Supervisor:
                         if self._draining:
                             break
                         await tg.start(self._supervise, spec, name=f"{self.name}/{spec.name}")
+                    # Children never started (drain began meanwhile) are done already.
+                    for spec in self._specs:
+                        if spec.name not in self._started:
+                            self._ended[spec.name].set()
                     task_status.started()
                     reported = True
             except BaseExceptionGroup as group:
@@ -216,14 +245,18 @@ class Supervisor:
                 task_status.started()
         finally:
             self._scope = None
+            for ended in self._ended.values():
+                ended.set()
             self._finished.set()
 
     async def drain(self, timeout: float) -> bool:
         """Stop gracefully: returns True if every child returned within `timeout` seconds.
 
         Calls `request_stop()` on every current child in reverse start order (sources
-        stop first; downstream actors end through end-of-stream), ends any restart
-        backoff, and restarts nothing from then on. Blocks until all children returned;
+        stop first; downstream actors end through end-of-stream); for a child whose spec
+        has `wait_on_drain`, waits for it to return before going on to the children
+        started before it. Ends any restart backoff and restarts nothing from then on.
+        Blocks until all children returned;
         past `timeout` (on the supervisor's clock) it cancels them and returns False.
         Also False after `force()` or when a child crashed during the drain (the crash is
         logged, not raised). A second call cancels at once, like `force()`, and returns
@@ -241,13 +274,7 @@ class Supervisor:
         if finished is None:
             return True
         logger.info("%s: draining (timeout %.1f s)", self.name, timeout)
-        for spec in reversed(self._specs):
-            actor = self._actors.get(spec.name)
-            if actor is not None:
-                try:
-                    actor.request_stop()
-                except Exception:
-                    logger.exception("%s: %s.request_stop() failed", self.name, spec.name)
+        # No child restarts from now on: one waiting out a backoff stays down.
         for scope in self._backoffs.values():
             scope.cancel()
 
@@ -260,8 +287,22 @@ class Supervisor:
             logger.warning("%s: drain timed out after %.1f s, cancelling", self.name, timeout)
             self.force()
 
+        async def stop_in_reverse_order() -> None:
+            for spec in reversed(self._specs):
+                actor = self._actors.get(spec.name)
+                if actor is not None:
+                    try:
+                        actor.request_stop()
+                    except Exception:
+                        logger.exception("%s: %s.request_stop() failed", self.name, spec.name)
+                # A child not started yet never will be (or ends at once): no wait.
+                if spec.wait_on_drain and spec.name in self._started:
+                    await self._ended[spec.name].wait()
+                    logger.info("%s: %s drained", self.name, spec.name)
+
         async with anyio.create_task_group() as tg:
             tg.start_soon(deadline)
+            await stop_in_reverse_order()
             await finished.wait()
             tg.cancel_scope.cancel()
         clean = not (timed_out or self._forced or self._unclean)
@@ -277,6 +318,17 @@ class Supervisor:
 
     async def _supervise(self, spec: ChildSpec, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """The wrapper task of one child: run instances, restarting them per the spec."""
+        name = spec.name
+        self._started.add(name)
+        current_actor.set(name)  # this task's context: the child's logs name it
+        try:
+            await self._supervise_instances(spec, task_status)
+        finally:
+            self._ended[name].set()
+
+    async def _supervise_instances(
+        self, spec: ChildSpec, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
         name = spec.name
         recent: deque[float] = deque()  # restart times within the policy window
         reported = False

@@ -1,4 +1,4 @@
-"""The Quart app factory: webhook, health and metrics on one app."""
+"""The Quart app factory: webhook, reports, docs, health and metrics on one app."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from quart import Quart, Response, g, request
 
 from sluice.config import Settings
+from sluice.http.docs import install_docs
 from sluice.http.errors import install_error_handlers
 from sluice.http.health import Health, health_routes
+from sluice.http.reports import Reports, report_routes
 from sluice.http.webhook import (
     CORRELATION_HEADER,
     Ingest,
@@ -19,6 +21,7 @@ from sluice.http.webhook import (
 )
 from sluice.metrics import CONTENT_TYPE_LATEST, Metrics
 from sluice.ports import EventLog
+from sluice.reports import ReportStore
 
 
 @dataclass
@@ -27,6 +30,7 @@ class HttpDeps:
     metrics: Metrics
     health: Health
     event_log: EventLog | None = None  # None: this process takes no events (reports role)
+    reports: ReportStore | None = None  # None: this process serves no reports
 
 
 def create_app(deps: HttpDeps) -> Quart:
@@ -38,8 +42,12 @@ def create_app(deps: HttpDeps) -> Quart:
     if deps.event_log is not None:
         app.extensions["sluice.ingest"] = Ingest(deps.event_log, deps.settings, deps.metrics)
         app.register_blueprint(webhook_routes)
+    if deps.reports is not None:
+        app.extensions["sluice.reports"] = Reports(deps.reports, deps.metrics)
+        app.register_blueprint(report_routes)
     app.register_blueprint(health_routes)
     install_error_handlers(app)
+    install_docs(app)
 
     @app.get("/metrics")
     async def metrics() -> Response:

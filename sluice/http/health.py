@@ -1,4 +1,13 @@
-"""Liveness and readiness: what an orchestrator asks before sending traffic."""
+"""Liveness and readiness: what an orchestrator asks before sending traffic.
+
+- `GET /health/live`: 200 while the process and its supervisor run (also while
+  draining: a draining process must not be killed for being slow), 503 once the
+  supervisor has stopped. Body: `{"status", "supervisor", "actors": {name: running}}`.
+- `GET /health/ready`: 200 when every check of this role passes (some of: nats,
+  postgres, migrations) and the process is not draining; else 503. Body:
+  `{"status": "ready" | "not ready", "checks": {name: {"ok": bool, "error"?: str}}}`,
+  always with a `draining` entry. Checks run concurrently, each under CHECK_TIMEOUT.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +28,13 @@ class Health:
         self.checks: dict[str, Check] = {}
         self.draining = False
         self.alive: Callable[[], dict[str, bool]] = dict
+        self.supervisor: Callable[[], str] = lambda: "running"
+        """"running", "draining" or "stopped"."""
 
     async def readiness(self) -> tuple[bool, dict[str, dict[str, object]]]:
         results: dict[str, dict[str, object]] = {}
-        for name, check in self.checks.items():
+
+        async def run(name: str, check: Check) -> None:
             try:
                 with anyio.fail_after(CHECK_TIMEOUT):
                     await check()
@@ -30,8 +42,15 @@ class Health:
                 results[name] = {"ok": False, "error": str(exc) or type(exc).__name__}
             else:
                 results[name] = {"ok": True}
-        results["draining"] = {"ok": not self.draining}
-        return all(r["ok"] for r in results.values()), results
+
+        async with anyio.create_task_group() as tg:
+            for name, check in self.checks.items():
+                tg.start_soon(run, name, check)
+        ordered = {name: results[name] for name in self.checks}
+        ordered["draining"] = (
+            {"ok": False, "error": "draining: shutting down"} if self.draining else {"ok": True}
+        )
+        return all(r["ok"] for r in ordered.values()), ordered
 
 
 health_routes = Blueprint("health", __name__)
@@ -44,8 +63,11 @@ def _health() -> Health:
 
 @health_routes.get("/health/live")
 async def live() -> tuple[Response, int]:
-    actors = _health().alive()
-    return jsonify({"status": "ok", "actors": actors}), 200
+    health = _health()
+    state = health.supervisor()
+    up = state != "stopped"
+    body = {"status": "ok" if up else "down", "supervisor": state, "actors": health.alive()}
+    return jsonify(body), 200 if up else 503
 
 
 @health_routes.get("/health/ready")

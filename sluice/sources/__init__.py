@@ -9,17 +9,23 @@ Adding a source: write its schema module (Structs plus a `SourceSchema`) and add
 Error texts name the field first: "data.user.age: expected int, got str".
 """
 
-from . import facebook, tiktok
+from . import facebook, generic, tiktok
 from ._common import BadBody, InvalidEvent, Rejection, SourceSchema, Validated, ValidEvent
 from ._validate import Validator
 
-_validator = Validator([facebook.SCHEMA, tiktok.SCHEMA])  # the registry: one entry per source
+# The registry: one entry per source.
+_validator = Validator([facebook.SCHEMA, tiktok.SCHEMA, generic.SCHEMA])
 
 SOURCE_NAMES: tuple[str, ...] = _validator.source_names
+# The sources with funnel stages (ad platforms): the marketing reports cover these.
+FUNNEL_SOURCES: tuple[str, ...] = _validator.tagged_names
+SCHEMAS: dict[str, SourceSchema] = {name: _validator.schema(name) for name in SOURCE_NAMES}
 validate_body = _validator.validate_body
 parse_event = _validator.parse_event
 
 __all__ = [
+    "FUNNEL_SOURCES",
+    "SCHEMAS",
     "SOURCE_NAMES",
     "BadBody",
     "InvalidEvent",

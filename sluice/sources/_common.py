@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 import msgspec
 
@@ -87,17 +87,45 @@ class RowFields(NamedTuple):
     country: str | None
     campaign_id: str | None
     purchase_amount: Decimal | None
+    account_id: str | None = None
+    age: int | None = None
+    gender: str | None = None
+    city: str | None = None
+    followers: int | None = None
+    device: str | None = None
+    video_id: str | None = None
+
+
+class RoutedEvent(msgspec.Struct, gc=False):
+    """Base of an untagged source's event (no `source` field, no funnel stages): it is
+    decoded as that source only when the route or the envelope names the source."""
+
+    event_id: NonEmptyStr
+    timestamp: datetime  # naive means UTC
+    event_type: str
+
+    funnel_stage: ClassVar[None] = None
 
 
 @dataclass(frozen=True, slots=True)
 class SourceSchema:
-    """Everything the validator needs to know about one source."""
+    """Everything the validator needs to know about one source.
+
+    A tagged source's `event` is an `EventBase` declared with tag=name, with engagement
+    Structs and allowed event types per funnel stage. An untagged source's `event` is a
+    `RoutedEvent` (no stages: `engagement` and `event_types` stay empty, any type goes).
+    """
 
     name: str
-    event: type[EventBase]  # declared with tag=name
+    event: type[EventBase] | type[RoutedEvent]
     engagement: Mapping[str, type[msgspec.Struct]]  # by funnel stage
     event_types: Mapping[str, frozenset[str]]  # by funnel stage
-    row: Callable[[Any, Any], RowFields]  # (event, decoded engagement) -> columns
+    row: Callable[[Any, Any], RowFields]  # (event, decoded engagement or None) -> columns
+    revenue_types: frozenset[str] = frozenset()  # event types whose purchaseAmount is revenue
+
+    @property
+    def tagged(self) -> bool:
+        return issubclass(self.event, EventBase)
 
 
 def field_error(field: str, message: str) -> ValueError:

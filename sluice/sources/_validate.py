@@ -19,6 +19,7 @@ from ._common import (
     EventBase,
     InvalidEvent,
     Rejection,
+    RoutedEvent,
     SourceSchema,
     Validated,
     ValidEvent,
@@ -40,6 +41,7 @@ class _Probe(msgspec.Struct):
     """Read only after an event failed: what can still be said about it."""
 
     eventId: Any = None  # the wire name
+    event_id: Any = None  # the wire name of untagged sources
     source: Any = None
 
 
@@ -63,19 +65,34 @@ class Validator:
     """Validates event bodies against a fixed set of source schemas (thread-safe)."""
 
     def __init__(self, schemas: Sequence[SourceSchema]) -> None:
-        if not schemas:
-            raise ValueError("at least one source schema is needed")
+        tagged = [s for s in schemas if s.tagged]
+        if not tagged:
+            raise ValueError("at least one tagged source schema is needed")
         self.source_names: tuple[str, ...] = tuple(s.name for s in schemas)
+        self.tagged_names: tuple[str, ...] = tuple(s.name for s in tagged)
         self._plans = {s.event: _Plan(s) for s in schemas}
         self._by_name = {s.name: s for s in schemas}
-        union: Any = schemas[0].event
-        for s in schemas[1:]:
+        union: Any = tagged[0].event
+        for s in tagged[1:]:
             union = union | s.event
         # A union finds the `source` tag before anything else, so a bad source is
         # reported as such (a lone tagged Struct would not even require the tag).
         self._decoder: msgspec.json.Decoder[EventBase] = msgspec.json.Decoder(union)
-        self._enums = merge_enum_paths(*(enum_paths(s.event) for s in schemas))
+        self._enums = merge_enum_paths(*(enum_paths(s.event) for s in tagged))
+        # Untagged sources: decoded as such only when the route (or `source`) names them.
+        self._routed: dict[str, tuple[msgspec.json.Decoder[RoutedEvent], EnumPaths]] = {
+            s.name: (msgspec.json.Decoder(s.event), enum_paths(s.event))
+            for s in schemas
+            if not s.tagged
+        }
         self._expected_sources = "expected one of " + ", ".join(self.source_names)
+        self._routes_hint = "".join(
+            f"; {name} events go to POST /webhook/{name}" for name in self._routed
+        )
+
+    def schema(self, name: str) -> SourceSchema:
+        """The schema of source `name` (KeyError when unknown)."""
+        return self._by_name[name]
 
     def validate_body(self, body: bytes, *, route_source: str | None = None) -> Validated:
         """Validate a webhook body: one event object or a JSON array of them.
@@ -134,6 +151,7 @@ class Validator:
         if _NUL in raw:
             _raise_if_nul(raw)
         fields = schema.row(event, engagement)
+        amount = fields.purchase_amount
         return EventRow(
             event_id=event.event_id,
             source=schema.name,
@@ -144,18 +162,32 @@ class Validator:
             user_id=fields.user_id,
             country=fields.country,
             campaign_id=fields.campaign_id,
-            purchase_amount=fields.purchase_amount,
+            purchase_amount=amount,
             correlation_id=correlation_id,
             data=text,
+            revenue=amount if event.event_type in schema.revenue_types else None,
+            account_id=fields.account_id,
+            age=fields.age,
+            gender=fields.gender,
+            city=fields.city,
+            followers=fields.followers,
+            device=fields.device,
+            video_id=fields.video_id,
         )
 
     def _check(
         self, raw: bytes | msgspec.Raw, route: str | None, origin: str
-    ) -> tuple[EventBase, SourceSchema, msgspec.Struct]:
+    ) -> tuple[EventBase | RoutedEvent, SourceSchema, msgspec.Struct | None]:
         """Decode and check one event; raise InvalidEvent naming the first bad field."""
+        if route is not None and route in self._routed:
+            return self._check_routed(raw, route)
         try:
             event = self._decoder.decode(raw)
         except msgspec.ValidationError as exc:
+            if route is None and self._routed:
+                source = _source(raw)
+                if isinstance(source, str) and source in self._routed:
+                    return self._check_routed(raw, source)
             raise InvalidEvent(self._event_error(raw, exc, route, origin)) from None
         plan = self._plans[type(event)]
         schema = plan.schema
@@ -171,13 +203,19 @@ class Validator:
             engagement = decoder.decode(event.data.engagement)
         except msgspec.ValidationError as exc:
             raise InvalidEvent(describe(*split_error(exc, "data.engagement"), enums)) from None
-        timestamp = event.timestamp
-        if timestamp.year in (1, 9999):  # the only years where moving to UTC can overflow
-            try:
-                _utc(timestamp)
-            except OverflowError:
-                raise InvalidEvent("timestamp: out of range") from None
+        _check_timestamp(event.timestamp)
         return event, schema, engagement
+
+    def _check_routed(
+        self, raw: bytes | msgspec.Raw, name: str
+    ) -> tuple[RoutedEvent, SourceSchema, None]:
+        decoder, enums = self._routed[name]
+        try:
+            event = decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise InvalidEvent(describe(*split_error(exc), enums)) from None
+        _check_timestamp(event.timestamp)
+        return event, self._by_name[name], None
 
     def _event_error(
         self, raw: bytes | msgspec.Raw, exc: msgspec.ValidationError, route: str | None, origin: str
@@ -190,7 +228,11 @@ class Validator:
                 source = None
             if isinstance(source, str) and source != route:
                 return f"source: expected {route!r}{origin}, got {source!r}"
-        if path == "source" and message != "required field missing":
+        if path == "source":
+            if message == "required field missing":
+                # Shaped like an untagged source's event (snake_case `event_id`)?
+                hint = self._routes_hint if _probe_event_id(raw) else ""
+                return f"source: required field missing{hint}"
             if message.startswith("Invalid value "):
                 return f"source: {self._expected_sources}, got {message[14:]}"
             return f"source: {self._expected_sources}"
@@ -228,10 +270,35 @@ def _malformed(exc: msgspec.DecodeError) -> str:
 
 def _event_id(raw: bytes | msgspec.Raw) -> str | None:
     try:
-        event_id = _probe.decode(raw).eventId
+        probe = _probe.decode(raw)
     except msgspec.ValidationError:
         return None
-    return event_id if isinstance(event_id, str) and event_id else None
+    for event_id in (probe.eventId, probe.event_id):
+        if isinstance(event_id, str) and event_id:
+            return event_id
+    return None
+
+
+def _probe_event_id(raw: bytes | msgspec.Raw) -> bool:
+    try:
+        return _probe.decode(raw).event_id is not None
+    except msgspec.ValidationError:
+        return False
+
+
+def _source(raw: bytes | msgspec.Raw) -> Any:
+    try:
+        return _probe.decode(raw).source
+    except msgspec.ValidationError:
+        return None
+
+
+def _check_timestamp(timestamp: datetime) -> None:
+    if timestamp.year in (1, 9999):  # the only years where moving to UTC can overflow
+        try:
+            _utc(timestamp)
+        except OverflowError:
+            raise InvalidEvent("timestamp: out of range") from None
 
 
 def _raise_if_nul(data: bytes) -> None:

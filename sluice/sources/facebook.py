@@ -49,11 +49,27 @@ class FacebookEvent(EventBase, tag="facebook"):
 
 def _row(event: FacebookEvent, engagement: TopEngagement | BottomEngagement) -> RowFields:
     user = event.data.user
+    location = user.location
     if isinstance(engagement, BottomEngagement):
         return RowFields(
-            user.user_id, user.location.country, engagement.campaign_id, engagement.purchase_amount
+            user.user_id,
+            location.country,
+            engagement.campaign_id,
+            engagement.purchase_amount,
+            age=user.age,
+            gender=user.gender,
+            city=location.city,
         )
-    return RowFields(user.user_id, user.location.country, None, None)
+    return RowFields(
+        user.user_id,
+        location.country,
+        None,
+        None,
+        age=user.age,
+        gender=user.gender,
+        city=location.city,
+        video_id=engagement.video_id,
+    )
 
 
 SCHEMA = SourceSchema(
@@ -65,4 +81,5 @@ SCHEMA = SourceSchema(
         "bottom": frozenset({"ad.click", "form.submission", "checkout.complete"}),
     },
     row=_row,
+    revenue_types=frozenset({"checkout.complete"}),
 )

@@ -41,10 +41,18 @@ class TiktokEvent(EventBase, tag="tiktok"):
 
 
 def _row(event: TiktokEvent, engagement: TopEngagement | BottomEngagement) -> RowFields:
-    user_id = event.data.user.user_id
+    user = event.data.user
     if isinstance(engagement, TopEngagement):
-        return RowFields(user_id, engagement.country, None, None)
-    return RowFields(user_id, None, None, engagement.purchase_amount)
+        return RowFields(
+            user.user_id,
+            engagement.country,
+            None,
+            None,
+            followers=user.followers,
+            device=engagement.device,
+            video_id=engagement.video_id,
+        )
+    return RowFields(user.user_id, None, None, engagement.purchase_amount, followers=user.followers)
 
 
 SCHEMA = SourceSchema(
@@ -56,4 +64,5 @@ SCHEMA = SourceSchema(
         "bottom": frozenset({"profile.visit", "purchase", "follow"}),
     },
     row=_row,
+    revenue_types=frozenset({"purchase"}),
 )

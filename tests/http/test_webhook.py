@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
@@ -12,6 +14,7 @@ from sluice import envelope
 from sluice.config import Settings
 from sluice.http.app import HttpDeps, create_app
 from sluice.http.health import Health
+from sluice.http.webhook import WebhookFront, front
 from sluice.metrics import Metrics
 from tests.factories import make_event
 from tests.fakes import FakeEventLog
@@ -34,11 +37,55 @@ def health() -> Health:
     return Health()
 
 
-@pytest.fixture
-def client(log: FakeEventLog, health: Health) -> Any:
+class LeanClient:
+    """Quart's test-client API, through the raw ASGI front that production serves
+    (`WebhookFront`, which passes non-webhook requests on to Quart)."""
+
+    def __init__(self, app: Any) -> None:
+        self.front = front(app)
+        assert isinstance(self.front, WebhookFront)
+
+    async def post(
+        self,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> LeanResponse:
+        return await self._request("POST", path, json=json, data=data, headers=headers)
+
+    async def get(self, path: str) -> LeanResponse:
+        return await self._request("GET", path)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> LeanResponse:
+        if kwargs.get("data") is not None:
+            kwargs["content"] = kwargs.pop("data")
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        transport = httpx.ASGITransport(app=self.front)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sluice") as http:
+            return LeanResponse(await http.request(method, path, **kwargs))
+
+
+class LeanResponse:
+    def __init__(self, response: httpx.Response) -> None:
+        self.status_code = response.status_code
+        self.headers = response.headers
+        self._response = response
+
+    async def get_json(self) -> Any:
+        return self._response.json()
+
+    async def get_data(self) -> bytes:
+        return self._response.content
+
+
+@pytest.fixture(params=["quart", "lean"])
+def client(request: pytest.FixtureRequest, log: FakeEventLog, health: Health) -> Any:
+    """Every test runs twice: through Quart's routes and through the lean ASGI front."""
     settings = Settings(max_body_bytes=64 * 1024)
     app = create_app(HttpDeps(settings, Metrics(), health, event_log=log))
-    return app.test_client()
+    return app.test_client() if request.param == "quart" else LeanClient(app)
 
 
 def published_events(log: FakeEventLog) -> list[dict[str, Any]]:
@@ -205,3 +252,39 @@ async def test_unknown_routes_answer_json(client: Any) -> None:
     response = await client.get("/nope")
     assert response.status_code == 404
     assert json.loads(await response.get_data())["error"]
+
+
+async def test_the_correlation_id_is_taken_from_the_request_and_returned(
+    client: Any, log: FakeEventLog
+) -> None:
+    response = await post(client, [make_event()], headers={"X-Correlation-ID": "req-42"})
+    assert response.headers["X-Correlation-ID"] == "req-42"
+    assert log.published[0][3]["X-Correlation-ID"] == "req-42"
+    fresh = await post(client, [make_event()])
+    assert len(fresh.headers["X-Correlation-ID"]) == 32
+
+
+async def test_other_methods_on_the_webhook_are_405_with_allow(client: Any) -> None:
+    response = await client.get("/webhook")
+    assert response.status_code == 405
+    assert "POST" in response.headers["Allow"]
+
+
+@dataclass
+class BackloggedLog(FakeEventLog):
+    waiting: int = 0
+
+    async def backlog(self) -> int:
+        return self.waiting
+
+
+@pytest.mark.parametrize("kind", ["quart", "lean"])
+async def test_a_backlog_over_the_limit_is_429_with_retry_after(kind: str) -> None:
+    log = BackloggedLog(waiting=5000)
+    app = create_app(HttpDeps(Settings(max_backlog=1000), Metrics(), Health(), event_log=log))
+    client: Any = app.test_client() if kind == "quart" else LeanClient(app)
+    response = await post(client, [make_event()])
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "1"
+    assert "behind" in (await response.get_json())["error"]
+    assert log.published == []

@@ -42,17 +42,20 @@ def test_shipped_migrations_are_well_formed() -> None:
     assert [m.version for m in migrations] == sorted({m.version for m in migrations})
 
 
-async def test_applies_001_once(conn: asyncpg.Connection) -> None:
-    assert await pending(conn) == ["001_events.sql"]
+async def test_applies_the_shipped_migrations_once(conn: asyncpg.Connection) -> None:
+    shipped = [m.name for m in load()]
+    versions = [(m.version, m.name) for m in load()]
+    assert await pending(conn) == shipped
 
-    assert await migrate(conn) == ["001_events.sql"]
-    assert await _versions(conn) == [(1, "001_events.sql")]
+    assert await migrate(conn) == shipped
+    assert await _versions(conn) == versions
     assert await _table_exists(conn, "events")
     assert await _table_exists(conn, "dead_letters")
+    assert await _table_exists(conn, "rollup_events")
     assert await pending(conn) == []
 
     assert await migrate(conn) == []
-    assert await _versions(conn) == [(1, "001_events.sql")]
+    assert await _versions(conn) == versions
 
 
 async def test_concurrent_runs_apply_each_migration_once(
@@ -78,8 +81,8 @@ async def test_concurrent_runs_of_the_shipped_migrations(fresh_database_url: str
     conns = [await asyncpg.connect(fresh_database_url) for _ in range(3)]
     try:
         results = await asyncio.gather(*(migrate(c) for c in conns))
-        assert sorted(results) == [[], [], ["001_events.sql"]]
-        assert await _versions(conns[0]) == [(1, "001_events.sql")]
+        assert sorted(results) == [[], [], [m.name for m in load()]]
+        assert await _versions(conns[0]) == [(m.version, m.name) for m in load()]
     finally:
         for c in conns:
             await c.close()

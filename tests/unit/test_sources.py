@@ -57,7 +57,7 @@ def only_error(body: bytes, **kwargs: Any) -> str:
 
 
 def test_source_names() -> None:
-    assert SOURCE_NAMES == ("facebook", "tiktok")
+    assert SOURCE_NAMES == ("facebook", "tiktok", "generic")
 
 
 # --- valid events --------------------------------------------------------------------
@@ -158,8 +158,8 @@ FACEBOOK_RULES: list[tuple[str, str, Any, str]] = [
     ("top", "timestamp", 1714567890, "expected datetime, got int"),
     ("top", "timestamp", "0001-01-01T00:00:00+01:00", "out of range"),
     ("top", "source", MISSING, MISSING_FIELD),
-    ("top", "source", "myspace", "expected one of facebook, tiktok, got 'myspace'"),
-    ("top", "source", 7, "expected one of facebook, tiktok"),
+    ("top", "source", "myspace", "expected one of facebook, tiktok, generic, got 'myspace'"),
+    ("top", "source", 7, "expected one of facebook, tiktok, generic"),
     ("top", "funnelStage", MISSING, MISSING_FIELD),
     ("top", "funnelStage", "middle", "expected one of top, bottom, got 'middle'"),
     ("top", "funnelStage", None, "expected str, got null"),
@@ -376,8 +376,8 @@ def test_route_mismatch_is_reported_before_other_errors() -> None:
 
 
 def test_unknown_route_source_is_a_programming_error() -> None:
-    with pytest.raises(ValueError, match="generic"):
-        validate_body(b"[]", route_source="generic")
+    with pytest.raises(ValueError, match="myspace"):
+        validate_body(b"[]", route_source="myspace")
 
 
 # --- bodies that are unusable as a whole ---------------------------------------------
@@ -453,6 +453,10 @@ def test_parse_event_facebook_bottom() -> None:
         purchase_amount=Decimal("120.50"),
         correlation_id="c-1",
         data=encode(e).decode(),
+        revenue=Decimal("120.50"),
+        age=e["data"]["user"]["age"],
+        gender=e["data"]["user"]["gender"],
+        city=e["data"]["user"]["location"]["city"],
     )
     assert row.occurred_at.tzinfo is UTC
 
@@ -507,8 +511,8 @@ def test_parse_event_rejects_what_no_longer_fits() -> None:
     raw = encode(event("facebook"))
     with pytest.raises(InvalidEvent, match=r"^source: expected 'tiktok', got 'facebook'$"):
         parse_event("tiktok", raw, received_at=RECEIVED, correlation_id=None)
-    with pytest.raises(InvalidEvent, match=r"^source: 'generic' is not a known source$"):
-        parse_event("generic", raw, received_at=RECEIVED, correlation_id=None)
+    with pytest.raises(InvalidEvent, match=r"^source: 'myspace' is not a known source$"):
+        parse_event("myspace", raw, received_at=RECEIVED, correlation_id=None)
     with pytest.raises(InvalidEvent, match=r"^event: not valid UTF-8 \(byte 2\)$"):
         parse_event("facebook", b'{"\xff": 1}', received_at=RECEIVED, correlation_id=None)
     with pytest.raises(InvalidEvent, match=r"^event: expected object, got array$"):

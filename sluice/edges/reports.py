@@ -1,0 +1,270 @@
+"""PostgreSQL adapter for the reports (asyncpg): implements `sluice.reports.ReportStore`.
+
+Each call runs its statements in one read-only REPEATABLE READ transaction, so a report
+is one consistent snapshot however the writers go on. It first reads the stored events'
+time extent and drops the ends of the range that lie beyond it: a range that covers every
+event is answered like "all time", from the widest rollups (and the all-time entity
+totals for top-N and distinct users); otherwise the range is split over the rollup grains
+with raw events for the edges (`sluice.reports.plan`). The SQL is in sluice/sql/queries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from sluice.edges.store import SERVER_SETTINGS, _mapped
+from sluice.reports import (
+    GRAINS,
+    INTERVAL_GRAIN,
+    AccountTotals,
+    Audience,
+    AudienceRow,
+    CampaignRow,
+    EntityTotal,
+    GroupRow,
+    Scope,
+    SeriesRow,
+    StoredEvent,
+    Totals,
+    Window,
+    plan,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from datetime import datetime
+    from decimal import Decimal
+
+    from sluice.reports import ReportStore
+
+__all__ = ["PgReportStore", "query"]
+
+QUERIES_DIR = Path(__file__).resolve().parent.parent / "sql" / "queries"
+AUDIENCE_GRAINS = ("d", "h")  # rollup_audience has no minute grain
+STATEMENT_TIMEOUT_MS = 30_000  # a report that takes longer is a bug or an abuse
+
+
+@functools.cache
+def query(name: str) -> str:
+    """The text of sluice/sql/queries/<name>.sql."""
+    return (QUERIES_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def _window_args(window: Window) -> tuple[list[Any], ...]:
+    return (
+        [g for g, _, _ in window.rollup],
+        [lo for _, lo, _ in window.rollup],
+        [hi for _, _, hi in window.rollup],
+        [lo for lo, _ in window.raw],
+        [hi for _, hi in window.raw],
+    )
+
+
+class PgReportStore:
+    """Reports over an asyncpg pool of their own. Create it with `open()`."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, url: str, *, min_size: int = 1, max_size: int = 4
+    ) -> AsyncIterator[PgReportStore]:
+        """Open a pool to `url` (migrations are the event store's job).
+
+        Raises StoreUnavailable when the server cannot be reached.
+        """
+        settings = {**SERVER_SETTINGS, "statement_timeout": str(STATEMENT_TIMEOUT_MS)}
+        with _mapped():
+            pool = await asyncpg.create_pool(
+                url, min_size=min_size, max_size=max_size, server_settings=settings
+            )
+        try:
+            yield cls(pool)
+        finally:
+            await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[Any]:
+        with _mapped():
+            async with (
+                self._pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                yield conn
+
+    async def _clamp(
+        self, conn: Any, lo: datetime | None, hi: datetime | None
+    ) -> tuple[datetime | None, datetime | None]:
+        """[lo, hi) with the ends beyond the stored events opened (None)."""
+        first, last = await conn.fetchrow(query("report_extent"))
+        if first is None:  # no events at all
+            return lo, hi
+        if lo is not None and lo <= first:
+            lo = None
+        if hi is not None and hi > last:
+            hi = None
+        return lo, hi
+
+    # --- ReportStore -------------------------------------------------------------------
+
+    async def totals(self, scope: Scope, *, interval: str | None, campaigns: bool) -> Totals:
+        async with self._snapshot() as conn:
+            lo, hi = await self._clamp(conn, scope.lo, scope.hi)
+            widest = _window_args(plan(lo, hi, GRAINS))
+            # A series reads grains no wider than its buckets (more rows: only then).
+            fitting = (
+                widest if interval is None else _window_args(plan(lo, hi, _grains_for(interval)))
+            )
+            filters = (list(scope.sources), scope.funnel_stage, scope.event_type)
+            groups: list[GroupRow] = []
+            series: list[SeriesRow] = []
+            if scope.campaign_id is None:
+                rows = await conn.fetch(query("report_totals"), *widest, *filters)
+                groups = [
+                    GroupRow(
+                        r["source"],
+                        r["funnel_stage"],
+                        r["event_type"],
+                        r["country"],
+                        r["events"],
+                        r["revenue"],
+                        r["transactions"],
+                    )
+                    for r in rows
+                ]
+                if interval is not None:
+                    rows = await conn.fetch(
+                        query("report_series"),
+                        *fitting,
+                        *filters,
+                        interval,
+                        INTERVAL_GRAIN[interval],
+                    )
+                    series = [_series(r) for r in rows]
+            campaign_rows = []
+            by_campaign = (list(scope.sources), scope.campaign_id)
+            if campaigns or scope.campaign_id is not None:
+                rows = await conn.fetch(query("report_campaigns"), *widest, *by_campaign, None)
+                campaign_rows = [r for r in rows if not r["series"]]
+            if scope.campaign_id is not None and interval is not None:
+                rows = await conn.fetch(query("report_campaigns"), *fitting, *by_campaign, interval)
+                series = [_series(r) for r in rows if r["series"]]
+        campaign_totals = [
+            CampaignRow(r["source"], r["campaign_id"], r["events"], r["revenue"], r["transactions"])
+            for r in campaign_rows
+        ]
+        if scope.campaign_id is not None:  # only this campaign's events, by source
+            groups = [
+                GroupRow(c.source, None, None, None, c.events, c.revenue, c.transactions)
+                for c in campaign_totals
+            ]
+        return Totals(groups=groups, campaigns=campaign_totals, series=series)
+
+    async def audience(self, scope: Scope) -> Audience:
+        sources = list(scope.sources)
+        async with self._snapshot() as conn:
+            lo, hi = await self._clamp(conn, scope.lo, scope.hi)
+            rows = await conn.fetch(
+                query("report_audience"), *_window_args(plan(lo, hi, AUDIENCE_GRAINS)), sources
+            )
+            if lo is None and hi is None:
+                users = await conn.fetch(query("report_users_all"), sources)
+            else:
+                users = await conn.fetch(query("report_users_range"), sources, lo, hi)
+        return Audience(
+            rows=[
+                AudienceRow(
+                    r["source"],
+                    r["dimension"],
+                    r["value"],
+                    r["country"],
+                    r["events"],
+                    _int(r["followers_sum"]),
+                    r["followers_min"],
+                    r["followers_max"],
+                )
+                for r in rows
+            ],
+            users={r["source"]: r["users"] for r in users},
+        )
+
+    async def top(self, scope: Scope, *, entity: str, by: str, limit: int) -> list[EntityTotal]:
+        sources = list(scope.sources)
+        async with self._snapshot() as conn:
+            lo, hi = await self._clamp(conn, scope.lo, scope.hi)
+            if lo is None and hi is None:
+                rows = await conn.fetch(query("report_top_all"), entity, sources, by, limit)
+            else:
+                rows = await conn.fetch(
+                    query("report_top_range"), entity, sources, lo, hi, by, limit
+                )
+        return [
+            EntityTotal(r["source"], r["key"], r["events"], r["revenue"], r["transactions"])
+            for r in rows
+        ]
+
+    async def account(self, account_id: str, lo: datetime, hi: datetime) -> AccountTotals:
+        async with self._snapshot() as conn:
+            rows = await conn.fetch(query("report_account"), account_id, lo, hi)
+        by_type = {r["event_type"]: r["events"] for r in rows if not r["overall"]}
+        users = next((r["users"] for r in rows if r["overall"]), 0)
+        return AccountTotals(by_type=by_type, active_users=users)
+
+    async def event(self, event_id: str) -> bytes | None:
+        with _mapped():
+            async with self._pool.acquire() as conn:
+                text = await conn.fetchval(query("event_get"), event_id)
+        return None if text is None else text.encode()
+
+    async def events(
+        self,
+        *,
+        sources: tuple[str, ...],
+        event_type: str | None,
+        lo: datetime | None,
+        hi: datetime | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[StoredEvent]:
+        cursor_at, cursor_id = after if after is not None else (None, None)
+        with _mapped():
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(
+                    query("event_page"),
+                    cursor_at,
+                    cursor_id,
+                    lo,
+                    hi,
+                    list(sources),
+                    event_type,
+                    limit,
+                )
+        return [StoredEvent(r["occurred_at"], r["event_id"], r["json"].encode()) for r in rows]
+
+
+def _grains_for(interval: str | None) -> tuple[str, ...]:
+    """The grains whose buckets fit in one series bucket (all of them without a series)."""
+    if interval is None:
+        return GRAINS
+    return GRAINS[GRAINS.index(INTERVAL_GRAIN[interval]) :]
+
+
+def _series(record: Any) -> SeriesRow:
+    return SeriesRow(record["bucket"], record["events"], record["revenue"], record["transactions"])
+
+
+def _int(value: Decimal | None) -> int | None:
+    return None if value is None else int(value)
+
+
+if TYPE_CHECKING:
+
+    def _implements_the_port(store: PgReportStore) -> ReportStore:
+        return store  # mypy checks PgReportStore against the ReportStore protocol

@@ -1,0 +1,236 @@
+"""Rollups kept by write_batch, and PgReportStore, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import anyio
+import asyncpg
+import msgspec
+import pytest
+
+from sluice.edges.reports import PgReportStore
+from sluice.edges.store import PgEventStore
+from sluice.ports import EventRow
+from sluice.reports import Scope
+from sluice.sources import parse_event
+from sluice.sql.migrate import MIGRATIONS_DIR, migrate
+from tests.factories import make_event, make_events
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+NOW = datetime(2025, 3, 10, 12, 30, tzinfo=UTC)
+RECEIVED = datetime(2025, 3, 10, 13, tzinfo=UTC)
+
+# Each rollup as it must be: recomputed from the stored events (what migration 002's
+# backfill does), compared with what the writers kept incrementally.
+RECOMPUTED = {
+    "rollup_events": """
+        SELECT g.grain, date_trunc(g.unit, e.occurred_at, 'UTC') AS bucket, e.source,
+               e.funnel_stage, e.event_type, e.country, count(*) AS events,
+               coalesce(sum(e.revenue), 0) AS revenue, count(e.revenue) AS transactions
+        FROM events e CROSS JOIN (VALUES ('m'::"char", 'minute'), ('h', 'hour'), ('d', 'day'))
+            g (grain, unit)
+        GROUP BY 1, 2, 3, 4, 5, 6""",
+    "rollup_campaigns": """
+        SELECT g.grain, date_trunc(g.unit, e.occurred_at, 'UTC') AS bucket, e.source,
+               e.campaign_id, count(*), coalesce(sum(e.revenue), 0), count(e.revenue)
+        FROM events e CROSS JOIN (VALUES ('m'::"char", 'minute'), ('h', 'hour'), ('d', 'day'))
+            g (grain, unit)
+        WHERE e.campaign_id IS NOT NULL
+        GROUP BY 1, 2, 3, 4""",
+    "rollup_audience": """
+        SELECT g.grain, date_trunc(g.unit, e.occurred_at, 'UTC'), e.source, a.dimension,
+               a.value, a.city_country, count(*),
+               sum(e.followers) FILTER (WHERE a.dimension = 'followers'),
+               min(e.followers) FILTER (WHERE a.dimension = 'followers'),
+               max(e.followers) FILTER (WHERE a.dimension = 'followers')
+        FROM events e
+        CROSS JOIN LATERAL sluice_audience(sluice_age_range(e.age), e.gender, e.country,
+                                           e.city, sluice_followers_range(e.followers),
+                                           e.device) a
+        CROSS JOIN (VALUES ('h'::"char", 'hour'), ('d', 'day')) g (grain, unit)
+        GROUP BY 1, 2, 3, 4, 5, 6""",
+    "entity_totals": """
+        SELECT x.entity, x.source, x.key, count(*), coalesce(sum(x.revenue), 0),
+               count(x.revenue)
+        FROM (SELECT 'user' AS entity, source, user_id AS key, revenue FROM events
+              WHERE user_id IS NOT NULL
+              UNION ALL
+              SELECT 'video', source, video_id, revenue FROM events
+              WHERE video_id IS NOT NULL) x
+        GROUP BY 1, 2, 3""",
+}
+
+
+def rows_of(events: list[dict[str, object]]) -> list[EventRow]:
+    return [
+        parse_event(
+            str(e.get("source", "generic")),
+            msgspec.json.encode(e),
+            received_at=RECEIVED,
+            correlation_id=None,
+        )
+        for e in events
+    ]
+
+
+def generic(i: int, rng: random.Random) -> dict[str, object]:
+    return {
+        "event_id": f"g-{i}",
+        "account_id": rng.choice(["a1", "a2"]),
+        "user_id": f"u{rng.randrange(4)}",
+        "type": rng.choice(["login", "view"]),
+        "timestamp": (NOW - timedelta(minutes=rng.randrange(3000))).isoformat(),
+        "metadata": {},
+    }
+
+
+@pytest.fixture
+async def store(fresh_database_url: str) -> AsyncIterator[PgEventStore]:
+    async with PgEventStore.open(fresh_database_url, max_size=4, migrate=True) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def reports(store: PgEventStore, fresh_database_url: str) -> AsyncIterator[PgReportStore]:
+    async with PgReportStore.open(fresh_database_url) as opened:
+        yield opened
+
+
+def _normal(records: list[asyncpg.Record]) -> list[tuple[object, ...]]:
+    """Rows comparable whatever the numeric scale (10.5 vs 10.50), in a fixed order."""
+    rows = [
+        tuple(v.normalize() if isinstance(v, Decimal) else v for v in record) for record in records
+    ]
+    return sorted(rows, key=repr)
+
+
+async def assert_rollups_exact(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        for table, recompute in RECOMPUTED.items():
+            kept = _normal(await conn.fetch(f"SELECT * FROM {table}"))
+            assert kept == _normal(await conn.fetch(recompute)), table
+    finally:
+        await conn.close()
+
+
+async def test_rollups_count_each_event_once_whatever_the_duplicates(
+    store: PgEventStore, fresh_database_url: str
+) -> None:
+    rng = random.Random(5)
+    rows = rows_of(make_events(600, seed=5, now=NOW) + [generic(i, rng) for i in range(40)])
+    batches = [rng.sample(rows, 150) for _ in range(12)] + [rows]
+    async with anyio.create_task_group() as tg:  # concurrent writers, overlapping batches
+        for batch in batches:
+            tg.start_soon(store.write_batch, batch)
+    assert await store.write_batch(rows) == set()  # all stored already: nothing new
+    await assert_rollups_exact(fresh_database_url)
+
+
+async def test_migration_002_backfills_what_was_stored_before_it(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    shutil.copy(MIGRATIONS_DIR / "001_events.sql", tmp_path)
+    rows = rows_of(
+        make_events(200, seed=8, now=NOW) + [generic(i, random.Random(1)) for i in range(9)]
+    )
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        await migrate(conn, directory=tmp_path)
+        await conn.executemany(
+            "INSERT INTO events (event_id, source, funnel_stage, event_type, occurred_at,"
+            " received_at, user_id, country, campaign_id, purchase_amount, data)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            [
+                (r.event_id, r.source, r.funnel_stage, r.event_type, r.occurred_at,
+                 r.received_at, r.user_id, r.country, r.campaign_id, r.purchase_amount, r.data)
+                for r in rows
+            ],
+        )  # fmt: skip
+        await migrate(conn)
+        hot = await conn.fetch(
+            "SELECT event_id, revenue, account_id, age, gender, city, followers, device,"
+            " video_id FROM events"
+        )
+    finally:
+        await conn.close()
+    by_id = {r.event_id: r for r in rows}
+    for record in hot:
+        row = by_id[record["event_id"]]
+        assert tuple(record)[1:] == (
+            row.revenue, row.account_id, row.age, row.gender, row.city, row.followers,
+            row.device, row.video_id,
+        )  # fmt: skip
+    await assert_rollups_exact(fresh_database_url)
+
+
+async def test_a_range_covering_everything_reads_like_all_time(
+    store: PgEventStore, reports: PgReportStore
+) -> None:
+    await store.write_batch(rows_of(make_events(300, seed=2, now=NOW)))
+    sources = ("facebook", "tiktok")
+    everything = Scope(None, None, sources)
+    covering = Scope(NOW - timedelta(days=3), NOW + timedelta(days=3), sources)
+    unaligned = Scope(NOW - timedelta(days=3, seconds=1), NOW + timedelta(seconds=1), sources)
+    for scope in (covering, unaligned):
+        assert await reports.totals(scope, interval="hour", campaigns=True) == await reports.totals(
+            everything, interval="hour", campaigns=True
+        )
+        assert await reports.audience(scope) == await reports.audience(everything)
+        for entity in ("user", "video"):
+            assert await reports.top(scope, entity=entity, by="revenue", limit=5) == (
+                await reports.top(everything, entity=entity, by="revenue", limit=5)
+            )
+    empty = await reports.totals(Scope(NOW, NOW, sources), interval="day", campaigns=True)
+    assert (empty.groups, empty.campaigns, empty.series) == ([], [], [])
+
+
+async def test_an_event_comes_back_with_received_at(
+    store: PgEventStore, reports: PgReportStore
+) -> None:
+    [row] = rows_of([make_event("tiktok", "bottom", "e-1", extra={"kept": 1})])
+    await store.write_batch([row])
+    stored = msgspec.json.decode(await reports.event("e-1") or b"")
+    assert stored.pop("receivedAt") == "2025-03-10T13:00:00.000000Z"
+    assert stored == msgspec.json.decode(row.data)
+    assert await reports.event("nope") is None
+
+
+async def test_pages_neither_repeat_nor_skip_under_concurrent_inserts(
+    store: PgEventStore, reports: PgReportStore
+) -> None:
+    first = rows_of(make_events(120, seed=3, now=NOW))
+    await store.write_batch(first)
+    seen: list[str] = []
+    keys: list[tuple[datetime, str]] = []
+    after = None
+    extra = 0
+    while True:
+        page = await reports.events(
+            sources=("facebook", "tiktok", "generic"),
+            event_type=None,
+            lo=None,
+            hi=None,
+            after=after,
+            limit=7,
+        )
+        seen += [e.event_id for e in page]
+        keys += [(e.occurred_at, e.event_id) for e in page]
+        if not page:
+            break
+        after = (page[-1].occurred_at, page[-1].event_id)
+        # Meanwhile: new events, before and after the cursor, some with tied timestamps.
+        new = make_events(3, seed=100 + extra, now=NOW)
+        extra += 1
+        new[0]["timestamp"] = page[-1].occurred_at.isoformat()
+        await store.write_batch(rows_of(new))
+    assert len(seen) == len(set(seen)), "an event came twice"
+    assert {r.event_id for r in first} <= set(seen), "an event was skipped"
+    assert keys == sorted(keys)

@@ -1,0 +1,145 @@
+"""Roles in one event loop against real NATS and PostgreSQL: ingress and worker apart,
+reports alone; one correlation id from HTTP to the database row."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import anyio
+import asyncpg
+import httpx
+import pytest
+
+from sluice.app import Engine, open_engine
+from sluice.config import Settings
+from tests.factories import make_events
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def settings(nats_url: str, fresh_database_url: str, nats_prefix: str) -> Settings:
+    return Settings(
+        nats_url=nats_url,
+        database_url=fresh_database_url,
+        http_port=0,
+        stream=f"{nats_prefix}_EVENTS",
+        subject_prefix=nats_prefix,
+        sources=("facebook", "tiktok"),
+        flush_interval=0.02,
+        fetch_timeout=0.2,
+        metrics_interval=0.1,
+        drain_timeout=15,
+    )
+
+
+async def rows(database_url: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return list(await conn.fetch("select event_id, correlation_id from events"))
+    finally:
+        await conn.close()
+
+
+async def eventually(condition: Any, timeout: float = 30) -> None:
+    """Integration only: the pipeline is asynchronous across real servers."""
+    with anyio.fail_after(timeout):
+        while not await condition():
+            await anyio.sleep(0.05)
+
+
+async def get(engine: Engine, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=engine.http_url, timeout=10) as client:
+        return await client.get(path)
+
+
+def gauge(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
+async def test_ingress_and_worker_apart_with_one_correlation_id_to_the_row(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    events = make_events(40, seed=11)
+    async with (
+        open_engine(settings, role="worker") as worker,
+        open_engine(settings, role="ingress") as ingress,
+    ):
+        assert ingress.store is None  # ingress never needs PostgreSQL
+        ready = (await get(ingress, "/health/ready")).json()
+        assert set(ready["checks"]) == {"nats", "draining"}
+        ready = (await get(worker, "/health/ready")).json()
+        assert set(ready["checks"]) == {"nats", "postgres", "migrations", "draining"}
+        assert ready["status"] == "ready"
+        live = (await get(worker, "/health/live")).json()
+        assert live["supervisor"] == "running" and live["actors"]["http"] is True
+
+        async with httpx.AsyncClient(base_url=worker.http_url) as client:
+            assert (await client.post("/webhook", json=events)).status_code in (404, 405)
+        async with httpx.AsyncClient(base_url=ingress.http_url) as client:
+            response = await client.post(
+                "/webhook", json=events, headers={"X-Correlation-ID": "trace-4711"}
+            )
+        assert response.status_code == 202 and response.json()["accepted"] == 40
+        assert response.headers["X-Correlation-ID"] == "trace-4711"
+
+        async def stored() -> bool:
+            return len(await rows(settings.database_url or "")) == 40
+
+        await eventually(stored)
+
+        async def reconciled() -> bool:
+            texts = [(await get(e, "/metrics")).text for e in (ingress, worker)]
+            total = sum(gauge(t, "events_reconciliation") for t in texts)
+            in_flight = sum(gauge(t, "events_in_flight") for t in texts)
+            return total == 0 and in_flight == 0
+
+        await eventually(reconciled)
+        worker_metrics = (await get(worker, "/metrics")).text
+        assert 'consumer_pending_messages{source="facebook"} 0.0' in worker_metrics
+        assert "dead_letter_queue_size 0.0" in worker_metrics
+    assert {r["correlation_id"] for r in await rows(settings.database_url or "")} == {"trace-4711"}
+
+    def carried(logger: str) -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.name == logger
+            and (
+                getattr(r, "correlation_id", None) == "trace-4711"
+                or "trace-4711" in getattr(r, "correlation_ids", ())
+            )
+        ]
+
+    assert carried("sluice.webhook"), "the webhook logs the request"
+    assert carried("sluice.consumer"), "the consumer logs the batch"
+    assert carried("sluice.writer"), "the writer logs the commit"
+
+
+async def test_reports_role_needs_only_postgres(settings: Settings) -> None:
+    alone = dataclasses.replace(settings, nats_url=None)
+    async with open_engine(alone, role="reports") as reports:
+        assert reports.bus is None
+        response = await get(reports, "/health/ready")
+        assert response.status_code == 200
+        assert set(response.json()["checks"]) == {"postgres", "migrations", "draining"}
+        async with httpx.AsyncClient(base_url=reports.http_url) as client:
+            assert (await client.post("/webhook", json=[])).status_code in (404, 405)
+        assert "events_reconciliation 0.0" in (await get(reports, "/metrics")).text
+
+
+async def test_an_unknown_role_is_refused(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="unknown role 'boss'"):
+        async with open_engine(settings, role="boss"):
+            pass
