@@ -73,23 +73,26 @@ class Usage:
 
 @dataclass
 class Sampler:
-    """Samples CPU and RSS of named process groups (a root pid and its children).
+    """Samples CPU and RSS of named process groups (root pids and their children).
 
-    CPU seconds are the difference between the first and the last sample of each
-    process (children that live the whole run, as postgres backends do here).
+    A group is one root pid or several (the sluice processes of a multi-process run); a
+    process may be in more than one group (e.g. "sluice" and "sluice-ingress"). CPU
+    seconds are the difference between the first and the last sample of each process
+    (children that live the whole run, as postgres backends do here).
     """
 
-    groups: dict[str, int]
+    groups: dict[str, int | tuple[int, ...]]
     interval: float = 0.25
     usage: dict[str, Usage] = field(default_factory=dict)
     _first: dict[int, float] = field(default_factory=dict)
     _last: dict[int, float] = field(default_factory=dict)
-    _group_of: dict[int, str] = field(default_factory=dict)
+    _pids_of: dict[str, set[int]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.usage = {name: Usage() for name in self.groups}
+        self._pids_of = {name: set() for name in self.groups}
         self._sample()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -99,14 +102,9 @@ class Sampler:
         if self._thread is not None:
             self._thread.join()
         self._sample()
-        for name in self.usage:
+        for name, pids in self._pids_of.items():
             self.usage[name].cpu_seconds = round(
-                sum(
-                    self._last[pid] - self._first[pid]
-                    for pid, group in self._group_of.items()
-                    if group == name
-                ),
-                2,
+                sum(self._last[pid] - self._first[pid] for pid in pids), 2
             )
         return self.usage
 
@@ -115,23 +113,30 @@ class Sampler:
             self._sample()
 
     def _sample(self) -> None:
-        for name, root in self.groups.items():
+        seen: dict[int, tuple[float, float] | None] = {}
+        for name, roots in self.groups.items():
             total = 0.0
-            for proc in process_tree(root):
-                try:
-                    with proc.oneshot():
-                        times = proc.cpu_times()
-                        rss = proc.memory_info().rss / 2**20
-                except psutil.Error:
-                    continue
-                cpu = times.user + times.system
-                self._first.setdefault(proc.pid, cpu)
-                self._last[proc.pid] = cpu
-                self._group_of[proc.pid] = name
-                total += rss
-                usage = self.usage[name]
-                usage.peak_rss_mb = round(max(usage.peak_rss_mb, rss), 1)
             usage = self.usage[name]
+            for root in (roots,) if isinstance(roots, int) else roots:
+                for proc in process_tree(root):
+                    if proc.pid not in seen:
+                        try:
+                            with proc.oneshot():
+                                times = proc.cpu_times()
+                                rss = proc.memory_info().rss / 2**20
+                        except psutil.Error:
+                            seen[proc.pid] = None
+                            continue
+                        cpu = times.user + times.system
+                        self._first.setdefault(proc.pid, cpu)
+                        self._last[proc.pid] = cpu
+                        seen[proc.pid] = (cpu, rss)
+                    sample = seen[proc.pid]
+                    if sample is None:
+                        continue
+                    self._pids_of[name].add(proc.pid)
+                    total += sample[1]
+                    usage.peak_rss_mb = round(max(usage.peak_rss_mb, sample[1]), 1)
             usage.peak_rss_sum_mb = round(max(usage.peak_rss_sum_mb, total), 1)
 
 

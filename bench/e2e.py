@@ -34,12 +34,13 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ import httpx
 
 from bench._support import RESULTS, BenchNats, BenchPostgres, Sampler, machine, write_result
 
-READY_LINE = re.compile(r"webhook:\s+POST (http://\S+)/webhook")
+READY_LINE = re.compile(r"metrics:\s+GET\s+(http://\S+)/metrics")
 STALL_SECONDS = 60.0  # no new rows for this long while waiting: give up
 
 
@@ -169,10 +170,12 @@ class Servers:
 # --------------------------------------------------------------------------- sluice
 
 
-class Sluice:
-    """`sluice run` as its own process, against the bench's servers."""
+class SluiceProcess:
+    """One `sluice run --role ...` process, against the bench's servers."""
 
-    def __init__(self, servers: Servers, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, servers: Servers, log_path: Path, env: dict[str, str], *, role: str = "all"
+    ) -> None:
         full_env = {
             **os.environ,
             "NATS_URL": servers.nats_url,
@@ -180,7 +183,9 @@ class Sluice:
             "SLUICE_HTTP_PORT": "0",
             "LOG_LEVEL": "WARNING",
             **env,
+            "SLUICE_ROLE": role,
         }
+        self.role = role
         self.log_path = log_path
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sluice.cli", "run"],
@@ -189,11 +194,11 @@ class Sluice:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        self.url = self._wait_ready()
-        self._pump = threading.Thread(target=self._copy_output, daemon=True)
-        self._pump.start()
+        self.url = ""
+        self._pump: threading.Thread | None = None
 
-    def _wait_ready(self, timeout: float = 90) -> str:
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Until the process announces its HTTP URL (it is serving then)."""
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         lines = []
@@ -201,11 +206,14 @@ class Sluice:
             lines.append(line)
             if match := READY_LINE.search(line):
                 self.log_path.write_text("".join(lines))
-                return match.group(1)
+                self.url = match.group(1)
+                self._pump = threading.Thread(target=self._copy_output, daemon=True)
+                self._pump.start()
+                return
             if time.monotonic() > deadline:
                 break
         self.proc.kill()
-        raise RuntimeError("sluice run did not start:\n" + "".join(lines[-40:]))
+        raise RuntimeError(f"sluice run --role {self.role} did not start:\n" + "".join(lines[-40:]))
 
     def _copy_output(self) -> None:
         assert self.proc.stdout is not None
@@ -220,15 +228,111 @@ class Sluice:
             for v in re.findall(r"^events_processed_total\{[^}]*\} (\S+)$", text, re.M)
         )
 
-    def stop(self, timeout: float = 60) -> int:
-        self.proc.send_signal(signal.SIGTERM)
+    def signal_stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = 60) -> int:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()
-        self._pump.join(timeout=5)
+        if self._pump is not None:
+            self._pump.join(timeout=5)
         return code
+
+
+@dataclass(frozen=True)
+class Topology:
+    """How sluice runs: one `all` process (ingress == 0), or `ingress` processes of role
+    ingress sharing one port (SLUICE_HTTP_REUSE_PORT) plus `workers` of role worker."""
+
+    ingress: int = 0
+    workers: int = 1
+
+    @property
+    def split(self) -> bool:
+        return self.ingress > 0
+
+    def label(self) -> str:
+        if not self.split:
+            return "1 all"
+        return f"{self.ingress} ingress + {self.workers} worker{'s' if self.workers > 1 else ''}"
+
+    def suffix(self) -> str:
+        return f"-{self.ingress}i{self.workers}w" if self.split else ""
+
+
+class Sluice:
+    """sluice as the topology says: started, measured by its workers' metrics, stopped
+    (ingress first, so nothing accepted is left behind, then the workers)."""
+
+    def __init__(
+        self, servers: Servers, work: Path, name: str, env: dict[str, str], topology: Topology
+    ) -> None:
+        self.topology = topology
+        self.ingress: list[SluiceProcess] = []
+        self.workers: list[SluiceProcess] = []
+        try:
+            if not topology.split:
+                one = SluiceProcess(servers, work / f"{name}.sluice.log", env, role="all")
+                self.ingress.append(one)
+                self.workers.append(one)
+                one.wait_ready()
+                self.url = one.url
+                return
+            # The first worker alone first: it creates the stream's consumers (and would
+            # migrate a new database); then everything else at once.
+            first = SluiceProcess(servers, work / f"{name}.worker0.log", env, role="worker")
+            self.workers.append(first)
+            first.wait_ready()
+            for i in range(1, topology.workers):
+                self.workers.append(
+                    SluiceProcess(servers, work / f"{name}.worker{i}.log", env, role="worker")
+                )
+            port = free_port()
+            shared = {**env, "SLUICE_HTTP_PORT": str(port), "SLUICE_HTTP_REUSE_PORT": "1"}
+            for i in range(topology.ingress):
+                self.ingress.append(
+                    SluiceProcess(servers, work / f"{name}.ingress{i}.log", shared, role="ingress")
+                )
+            for proc in self.processes:
+                if not proc.url:
+                    proc.wait_ready()
+            self.url = self.ingress[0].url
+        except BaseException:
+            self.stop(timeout=10)
+            raise
+
+    @property
+    def processes(self) -> list[SluiceProcess]:
+        return list(dict.fromkeys([*self.ingress, *self.workers]))
+
+    def pids(self, role: str | None = None) -> tuple[int, ...]:
+        procs = (
+            self.processes if role is None else self.ingress if role == "ingress" else self.workers
+        )
+        return tuple(p.proc.pid for p in procs)
+
+    def processed(self) -> int:
+        return sum(w.processed() for w in self.workers)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM the ingress processes, wait for them, then the workers; the worst code."""
+        codes = [0]
+        for group in (self.ingress, [w for w in self.workers if w not in self.ingress]):
+            for proc in group:
+                proc.signal_stop()
+            codes += [proc.wait_stopped(timeout) for proc in group]
+        return max(codes, key=abs)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 # --------------------------------------------------------------------------- measuring
@@ -291,11 +395,11 @@ def run_scenario(
     capacity: float | None,
     extra_env: dict[str, str],
     profile: bool = False,
+    topology: Topology = Topology(),
 ) -> dict[str, Any]:
     servers.reset()
-    log_path = work / f"{scenario.name}.sluice.log"
     env = {**scenario.env, **extra_env}
-    sluice = Sluice(servers, log_path, env)
+    sluice = Sluice(servers, work, scenario.name, env, topology)
     summary_path = work / f"{scenario.name}.publish.json"
     cmd = [
         sys.executable,
@@ -331,22 +435,28 @@ def run_scenario(
             )
         rate = capacity * scenario.rate_factor
         cmd += ["--rate", str(round(rate))]
-    print(f"== {scenario.name}: {scenario.about}" + (f" ({rate:,.0f} events/s)" if rate else ""))
+    print(
+        f"== {scenario.name} [{topology.label()}]: {scenario.about}"
+        + (f" ({rate:,.0f} events/s)" if rate else "")
+    )
     sampler: Sampler | None = None
     try:
         publisher = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert servers.postgres.pid is not None and servers.nats.pid is not None
-        sampler = Sampler(
-            {
-                "sluice": sluice.proc.pid,
-                "nats": servers.nats.pid,
-                "postgres": servers.postgres.pid,
-                "client": publisher.pid,
-            }
-        )
+        groups: dict[str, int | tuple[int, ...]] = {
+            "sluice": sluice.pids(),
+            "nats": servers.nats.pid,
+            "postgres": servers.postgres.pid,
+            "client": publisher.pid,
+        }
+        if topology.split:
+            groups["sluice_ingress"] = sluice.pids("ingress")
+            groups["sluice_worker"] = sluice.pids("worker")
+        sampler = Sampler(groups)
         sampler.start()
-        profiler = None
-        if profile:
+        profilers = []
+        for proc in sluice.processes if profile else []:
+            out_path = work / f"{scenario.name}.{proc.log_path.stem.split('.')[-1]}.pyspy.txt"
             profiler = subprocess.Popen(
                 [
                     str(Path(sys.executable).parent / "py-spy"),
@@ -357,13 +467,14 @@ def run_scenario(
                     "200",
                     "--nonblocking",
                     "-o",
-                    str(work / f"{scenario.name}.pyspy.txt"),
+                    str(out_path),
                     "-p",
-                    str(sluice.proc.pid),
+                    str(proc.proc.pid),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+            profilers.append((profiler, out_path))
         out, _ = publisher.communicate()
         print(out, end="")
         published = json.loads(summary_path.read_text())
@@ -371,10 +482,10 @@ def run_scenario(
         processed = wait_stored(sluice, expected)
         usage = sampler.stop()
         sampler = None
-        if profiler is not None:
+        for profiler, out_path in profilers:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(30)
-            print(f"   py-spy profile: {work / f'{scenario.name}.pyspy.txt'}")
+            print(f"   py-spy profile: {out_path}")
         facts = asyncio.run(stored_facts(servers.database_url))
     finally:
         if sampler is not None:
@@ -386,6 +497,7 @@ def run_scenario(
         "scale": scale,
         "offered_rate": rate,
         "sluice_env": env,
+        "topology": asdict(topology),
         "events_per_s": round(facts["stored"] / span, 1) if span > 0 else None,
         "span_s": round(span, 3),
         "webhook_latency_ms": published["latency_ms"],
@@ -416,14 +528,14 @@ def run_scenario(
 # --------------------------------------------------------------------------- table
 
 
-def table(results_dir: Path = RESULTS) -> str:
+def table(results_dir: Path = RESULTS, pattern: str = "*.json") -> str:
     rows = [
         "| date | scenario | events | events/s e2e | webhook p50 / p99 ms | freshness p50 / p99 ms"
         " | CPU s sluice / nats / pg / client | peak RSS MB sluice / nats / pg max / client"
         " | 429+503 | lost |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for path in sorted(results_dir.glob("*.json")):
+    for path in sorted(results_dir.glob(pattern)):
         r = json.loads(path.read_text())
         if "scenario" not in r:
             continue
@@ -434,8 +546,11 @@ def table(results_dir: Path = RESULTS) -> str:
         if r.get("offered_rate"):
             rate += f" (offered {r['offered_rate']:,.0f})"
         cpu = " / ".join(str(u[g]["cpu_seconds"]) for g in ("sluice", "nats", "postgres", "client"))
+        name = path.stem[11:]
+        if r.get("topology", {}).get("ingress"):
+            name += f" [{Topology(**r['topology']).label()}]"
         rows.append(
-            f"| {path.name[:10]} | {path.stem[11:]} | {r['stored']:,} | {rate} "
+            f"| {path.name[:10]} | {name} | {r['stored']:,} | {rate} "
             f"| {lat['p50']} / {lat['p99']} | {fresh['p50']} / {fresh['p99']} | {cpu} "
             f"| {u['sluice']['peak_rss_mb']:.0f} / {u['nats']['peak_rss_mb']:.0f} / "
             f"{u['postgres']['peak_rss_mb']:.0f} / {u['client']['peak_rss_mb']:.0f} "
@@ -462,10 +577,25 @@ def main() -> None:
         "--profile", action="store_true", help="py-spy the sluice process (kept in the work dir)"
     )
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
+    parser.add_argument("--table-glob", default="*.json", help="which result files --table shows")
+    parser.add_argument(
+        "--ingress",
+        type=int,
+        default=0,
+        help="run sluice as this many --role ingress processes on one port (SO_REUSEPORT)"
+        " plus --workers worker processes; 0 (default): one process of role all",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (with --ingress)")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="override the scenarios' connection count"
+    )
     args = parser.parse_args()
     if args.table:
-        print(table(args.results))
+        print(table(args.results, args.table_glob))
         return
+    if args.ingress < 0 or args.workers < 1:
+        parser.error("--ingress must be >= 0 and --workers >= 1")
+    topology = Topology(args.ingress, args.workers)
     names = args.scenarios or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -477,7 +607,10 @@ def main() -> None:
     capacity = args.capacity
     by_sync: dict[str, list[Scenario]] = {}
     for name in names:
-        by_sync.setdefault(SCENARIOS[name].nats_sync, []).append(SCENARIOS[name])
+        scenario = SCENARIOS[name]
+        if args.concurrency is not None:
+            scenario = replace(scenario, concurrency=args.concurrency)
+        by_sync.setdefault(scenario.nats_sync, []).append(scenario)
     try:
         for sync, scenarios in by_sync.items():
             servers = Servers(work, sync)
@@ -491,11 +624,12 @@ def main() -> None:
                         capacity=capacity,
                         extra_env=extra_env,
                         profile=args.profile,
+                        topology=topology,
                     )
                     result["machine"] = facts
                     if scenario.name == "array100" and capacity is None:
                         capacity = result["events_per_s"]
-                    tag = f"-{args.tag}" if args.tag else ""
+                    tag = topology.suffix() + (f"-{args.tag}" if args.tag else "")
                     path = write_result(scenario.name + tag, result, args.results)
                     print(f"   written to {path}")
             finally:

@@ -1,11 +1,15 @@
 """write_batch throughput: rows/s through PgEventStore.write_batch (COPY + INSERT + rollups).
 
     .venv/bin/python bench/write_batch.py DATABASE_URL [--rows 200000] [--batch 5000]
-        [--writers 2] [--duplicates 0.1]
+        [--writers 2] [--duplicates 0.1] [--spread 3600] [--users 0]
 
 Creates (and afterwards drops) a scratch database on the server at DATABASE_URL, migrates it,
 then writes `rows` realistic events (every source, 10% re-sent by default) in batches of
 `batch` rows from `writers` concurrent tasks, as the batch writers do. Prints rows/s.
+
+The defaults are the worst case for the rollups (tests/factories.py events: timestamps
+over the last hour, a new user and video id on every event); `--spread 10 --users
+100000` is closer to live traffic (timestamps within seconds, a user population).
 """
 
 from __future__ import annotations
@@ -13,12 +17,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import msgspec
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sluice.edges.store import PgEventStore
 from sluice.ports import EventRow
@@ -43,10 +52,11 @@ def rows_for(n: int, seed: int, now: datetime, spread: float, users: int) -> lis
         event["timestamp"] = at.isoformat()
         if users:
             user = event["data"]["user"]
-            user["userId"] = f"{t['source'][:2]}_{int(rng.paretovariate(1.2)) % users}"
+            # Log-uniform: a few very active ids and a long tail (as bench/reports.py).
+            user["userId"] = f"{t['source'][:2]}_{int(users ** rng.random())}"
             engagement = event["data"]["engagement"]
             if engagement.get("videoId"):
-                engagement["videoId"] = f"v{int(rng.paretovariate(1.2)) % (users // 5 or 1)}"
+                engagement["videoId"] = f"v{int((users // 4 or 1) ** rng.random())}"
         out.append(
             parse_event(
                 event["source"],

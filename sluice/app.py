@@ -156,6 +156,7 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
                 host=settings.http_host,
                 port=settings.http_port,
                 graceful_timeout=settings.drain_timeout,
+                reuse_port=settings.http_reuse_port,
             )
             ingress_box[:] = [ingress]
             return ingress

@@ -35,12 +35,14 @@ class Ingress(Actor):
         port: int,
         graceful_timeout: float,
         backlog: int = 1024,
+        reuse_port: bool = False,
     ) -> None:
         self._app = app
         self._host = host
         self._port = port
         self._graceful_timeout = graceful_timeout
         self._backlog = backlog
+        self._reuse_port = reuse_port
         self._shutdown = anyio.Event()
         self.bound: tuple[str, int] | None = None
 
@@ -52,6 +54,9 @@ class Ingress(Actor):
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._reuse_port:
+                # Several processes bind this port; the kernel balances connections.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((self._host, self._port))
             sock.listen(self._backlog)

@@ -64,6 +64,15 @@ def _port(text: str) -> int:
     return value
 
 
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be a boolean (1/0, true/false, yes/no, on/off)")
+
+
 def _names(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     if not names:
@@ -112,6 +121,9 @@ class Settings:
 
     http_host: str = _env("SLUICE_HTTP_HOST", _text, "127.0.0.1")
     http_port: int = _env("SLUICE_HTTP_PORT", _port, 8000)
+    # SO_REUSEPORT on the listening socket: several ingress processes on one port, the
+    # kernel spreading connections over them (Linux). Off: a second bind fails.
+    http_reuse_port: bool = _env("SLUICE_HTTP_REUSE_PORT", _flag, False)
     data_dir: Path = _env("SLUICE_DATA_DIR", lambda t: Path(_text(t)), Path(".sluice"))
     max_body_bytes: int = _env("SLUICE_MAX_BODY_BYTES", _positive_int, 16 * MiB)
     max_inflight_publishes: int = _env("SLUICE_MAX_INFLIGHT_PUBLISHES", _positive_int, 256)

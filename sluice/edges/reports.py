@@ -196,11 +196,13 @@ class PgReportStore:
         )
 
     async def top(self, scope: Scope, *, entity: str, by: str, limit: int) -> list[EntityTotal]:
+        if by not in ("events", "revenue") or entity not in ("user", "video"):
+            raise ValueError(f"cannot rank {entity!r} by {by!r}")
         sources = list(scope.sources)
         async with self._snapshot() as conn:
             lo, hi = await self._clamp(conn, scope.lo, scope.hi)
             if lo is None and hi is None:
-                rows = await conn.fetch(query("report_top_all"), entity, sources, by, limit)
+                rows = await conn.fetch(query(f"report_top_all_{by}"), entity, sources, limit)
             else:
                 rows = await conn.fetch(
                     query("report_top_range"), entity, sources, lo, hi, by, limit

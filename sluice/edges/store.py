@@ -9,7 +9,7 @@ write_batch is one transaction per batch:
    RETURNING ...` inside a CTE named `inserted`: exactly the rows that were new.
 
 COPY cannot do ON CONFLICT itself, hence the staging table (measured: ~65-115k rows/s
-without rollups). The rollups (migration 002) are updated in the same statement, as
+without rollups). The rollups (migrations 002, 003) are updated in the same statement, as
 further CTEs reading `inserted` (see `_INSERT_NEW`), so they count each event once
 whatever the duplicates; they cost ~25-65% of the throughput (bench/README.md).
 
@@ -106,7 +106,7 @@ _RETURNED = (
     " revenue, age, gender, city, followers, device, video_id"
 )
 
-# The rows that were actually new come out of `inserted`; the rollups (migration 002) are
+# The rows that were actually new come out of `inserted`; the rollups (migrations 002-3) are
 # updated from them in the same statement, so a duplicate never counts twice. The staging
 # table never holds an event_id twice (write_batch keeps the first copy), and ON CONFLICT
 # DO NOTHING would skip a repeat anyway. Every INSERT takes its rows in key order: writers
@@ -136,6 +136,18 @@ rolled_events AS (
     GROUP BY 1, 2, 3, 4, 5, 6
     ORDER BY 1, 2, 3, 4, 5, 6
     ON CONFLICT ON CONSTRAINT rollup_events_key DO UPDATE SET
+        events = r.events + EXCLUDED.events,
+        revenue = r.revenue + EXCLUDED.revenue,
+        transactions = r.transactions + EXCLUDED.transactions
+),
+rolled_series AS (
+    INSERT INTO rollup_series AS r
+    SELECT g.grain, date_trunc(g.unit, m.minute), m.source, m.funnel_stage, m.event_type,
+           sum(m.events), sum(m.revenue), sum(m.transactions)
+    FROM minutes m CROSS JOIN {_GRAINS} g (grain, unit)
+    GROUP BY 1, 2, 3, 4, 5
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT ON CONSTRAINT rollup_series_key DO UPDATE SET
         events = r.events + EXCLUDED.events,
         revenue = r.revenue + EXCLUDED.revenue,
         transactions = r.transactions + EXCLUDED.transactions
@@ -196,6 +208,14 @@ rolled_entities AS (
         events = t.events + EXCLUDED.events,
         revenue = t.revenue + EXCLUDED.revenue,
         transactions = t.transactions + EXCLUDED.transactions
+    RETURNING t.entity, t.source, t.xmax = 0 AS fresh  -- xmax 0: inserted, not updated
+),
+counted AS (
+    INSERT INTO entity_counts AS c
+    SELECT entity, source, count(*) FROM rolled_entities WHERE fresh
+    GROUP BY 1, 2
+    ORDER BY 1, 2
+    ON CONFLICT (entity, source) DO UPDATE SET n = c.n + EXCLUDED.n
 )
 SELECT event_id FROM inserted
 """

@@ -37,6 +37,13 @@ RECOMPUTED = {
         FROM events e CROSS JOIN (VALUES ('m'::"char", 'minute'), ('h', 'hour'), ('d', 'day'))
             g (grain, unit)
         GROUP BY 1, 2, 3, 4, 5, 6""",
+    "rollup_series": """
+        SELECT g.grain, date_trunc(g.unit, e.occurred_at, 'UTC') AS bucket, e.source,
+               e.funnel_stage, e.event_type, count(*) AS events,
+               coalesce(sum(e.revenue), 0) AS revenue, count(e.revenue) AS transactions
+        FROM events e CROSS JOIN (VALUES ('m'::"char", 'minute'), ('h', 'hour'), ('d', 'day'))
+            g (grain, unit)
+        GROUP BY 1, 2, 3, 4, 5""",
     "rollup_campaigns": """
         SELECT g.grain, date_trunc(g.unit, e.occurred_at, 'UTC') AS bucket, e.source,
                e.campaign_id, count(*), coalesce(sum(e.revenue), 0), count(e.revenue)
@@ -65,6 +72,13 @@ RECOMPUTED = {
               SELECT 'video', source, video_id, revenue FROM events
               WHERE video_id IS NOT NULL) x
         GROUP BY 1, 2, 3""",
+    "entity_counts": """
+        SELECT x.entity, x.source, count(DISTINCT x.key)
+        FROM (SELECT 'user' AS entity, source, user_id AS key FROM events
+              WHERE user_id IS NOT NULL
+              UNION ALL
+              SELECT 'video', source, video_id FROM events WHERE video_id IS NOT NULL) x
+        GROUP BY 1, 2""",
 }
 
 
@@ -134,7 +148,7 @@ async def test_rollups_count_each_event_once_whatever_the_duplicates(
     await assert_rollups_exact(fresh_database_url)
 
 
-async def test_migration_002_backfills_what_was_stored_before_it(
+async def test_the_report_migrations_backfill_what_was_stored_before_them(
     fresh_database_url: str, tmp_path: Path
 ) -> None:
     shutil.copy(MIGRATIONS_DIR / "001_events.sql", tmp_path)

@@ -37,7 +37,6 @@ COUNTRIES = {"US": ["Austin", "Seattle"], "DE": ["Berlin"], "BR": ["Recife", "Ri
 AGES = [15, 18, 24, 25, 40, 64, 65, 80]
 FOLLOWERS = [0, 999, 1000, 9999, 10_000, 150_000, 1_000_000, 5_000_000]
 AMOUNTS = ["0.10", "19.99", "100.00", "0.01", "624844.19", "3.333", None]
-TABLES = "events, rollup_events, rollup_campaigns, rollup_audience, entity_totals"
 
 
 @pytest.fixture
@@ -126,9 +125,14 @@ async def wait_stored(database_url: str, expected: int) -> None:
 
 
 async def truncate(database_url: str) -> None:
+    """Empty the events and every rollup (any table but the migrations' own)."""
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute(f"TRUNCATE {TABLES}")
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            " AND tablename <> 'schema_migrations'"
+        )
+        await conn.execute("TRUNCATE " + ", ".join(f'"{t["tablename"]}"' for t in tables))
     finally:
         await conn.close()
 

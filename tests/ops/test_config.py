@@ -146,3 +146,16 @@ def test_bad_config_stops_the_cli_with_one_message() -> None:
     assert done.returncode == 2
     assert "SLUICE_WRITERS='0'" in done.stderr and "SLUICE_HTTP_PORT='x'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("1", True), ("true", True), ("On", True), ("0", False), ("no", False)]
+)
+def test_reuse_port_is_a_flag(raw: str, expected: bool) -> None:
+    assert load_settings({"SLUICE_HTTP_REUSE_PORT": raw}).http_reuse_port is expected
+    assert load_settings({}).http_reuse_port is False
+
+
+def test_a_bad_flag_is_reported() -> None:
+    with pytest.raises(ConfigError, match="SLUICE_HTTP_REUSE_PORT='maybe': must be a boolean"):
+        load_settings({"SLUICE_HTTP_REUSE_PORT": "maybe"})

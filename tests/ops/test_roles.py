@@ -143,3 +143,26 @@ async def test_an_unknown_role_is_refused(settings: Settings) -> None:
     with pytest.raises(ValueError, match="unknown role 'boss'"):
         async with open_engine(settings, role="boss"):
             pass
+
+
+async def test_ingress_processes_share_one_port_with_reuse_port(settings: Settings) -> None:
+    shared = dataclasses.replace(settings, http_reuse_port=True)
+    async with open_engine(shared, role="ingress") as first:
+        assert first.ingress is not None and first.ingress.bound is not None
+        port = first.ingress.bound[1]
+        same_port = dataclasses.replace(shared, http_port=port)
+        async with open_engine(same_port, role="ingress") as second:
+            assert second.http_url == first.http_url
+            async with httpx.AsyncClient(base_url=first.http_url) as client:
+                response = await client.post("/webhook", json=make_events(3, seed=5))
+            assert response.status_code == 202 and response.json()["accepted"] == 3
+
+
+async def test_without_reuse_port_a_second_bind_fails(settings: Settings) -> None:
+    async with open_engine(settings, role="ingress") as first:
+        assert first.ingress is not None and first.ingress.bound is not None
+        taken = dataclasses.replace(settings, http_port=first.ingress.bound[1])
+        with pytest.raises(ExceptionGroup) as caught:
+            async with open_engine(taken, role="ingress"):
+                pass
+        assert "Address already in use" in repr(caught.value)

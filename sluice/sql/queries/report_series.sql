@@ -1,4 +1,4 @@
--- The counts of report_totals.sql per UTC bucket of $9 ('minute' | 'hour' | 'day'), read
+-- The counts of report_totals.sql (from rollup_series) per UTC bucket of $9, read
 -- from the grains no wider than $9; $10 is $9's grain ('m' | 'h' | 'd'), whose buckets
 -- are the series buckets already (no date_trunc per row). Buckets with events only.
 --   $1..$8 as in report_totals.sql
@@ -8,7 +8,7 @@ WITH parts AS (
            r.events, r.revenue, r.transactions
     FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS w (grain, lo, hi)
     CROSS JOIN LATERAL (  -- per part: an index range scan on (grain, bucket)
-        SELECT * FROM rollup_events x
+        SELECT * FROM rollup_series x
         WHERE x.grain = w.grain::"char"
           AND x.bucket >= coalesce(w.lo, '-infinity') AND x.bucket < coalesce(w.hi, 'infinity')
         OFFSET 0  -- keeps the subquery apart, so it stays a per-part index scan

@@ -1,5 +1,4 @@
--- Distinct users per source over all time (entity_totals has one row per user).
+-- Distinct users per source over all time (entity_counts, kept by the writer).
 --   $1 text[] sources
-SELECT source, count(*) AS users FROM entity_totals
+SELECT source, n AS users FROM entity_counts
 WHERE entity = 'user' AND source = ANY($1::text[])
-GROUP BY source
