@@ -46,24 +46,9 @@ from sluice.http.app import HttpDeps, create_app
 from sluice.http.health import Health
 from sluice.metrics import Metrics
 from sluice.ports import EventRow
+from sluice.publish.events import COUNTRIES, EVENT_TYPES
 
 BATCH = 20_000
-COUNTRIES = {
-    "US": ("New York", "Austin", "Seattle"),
-    "DE": ("Berlin", "Hamburg", "Munich"),
-    "BR": ("Sao Paulo", "Recife"),
-    "IN": ("Mumbai", "Bengaluru", "Pune"),
-    "FR": ("Paris", "Lyon"),
-    "JP": ("Tokyo", "Osaka"),
-}
-FB = {
-    "top": ("ad.view", "page.like", "comment", "video.view"),
-    "bottom": ("ad.click", "form.submission", "checkout.complete"),
-}
-TT = {
-    "top": ("video.view", "like", "share", "comment"),
-    "bottom": ("profile.visit", "purchase", "follow"),
-}
 GENERIC_TYPES = ("login", "page.view", "signup", "export", "invite")
 _encode = msgspec.json.Encoder().encode
 
@@ -92,7 +77,7 @@ class Maker:
             return self._generic(event_id, at)
         source = "facebook" if pick < 0.55 else "tiktok"
         stage = "top" if rng.random() < 0.7 else "bottom"
-        types = (FB if source == "facebook" else TT)[stage]
+        types = EVENT_TYPES[source, stage]
         event_type = rng.choice(types)
         user_id = f"{source[:2]}_{self._id(200_000)}"
         amount = None

@@ -37,7 +37,7 @@ class _Missing:
 
 MISSING: Final = _Missing()
 
-_COUNTRIES = {
+COUNTRIES = {
     "US": ("New York", "Austin", "Seattle"),
     "DE": ("Berlin", "Hamburg", "Munich"),
     "BR": ("Sao Paulo", "Recife"),
@@ -99,13 +99,13 @@ def make_events(n: int, seed: int = 0, *, now: datetime | None = None) -> list[d
 
 
 def _facebook_user(rng: random.Random) -> dict[str, Any]:
-    country = rng.choice(list(_COUNTRIES))
+    country = rng.choice(list(COUNTRIES))
     return {
         "userId": f"fb_{rng.randrange(10**9):09d}",
         "name": rng.choice(_NAMES),
         "age": rng.randint(18, 75),
         "gender": rng.choice(("male", "female", "non-binary")),
-        "location": {"country": country, "city": rng.choice(_COUNTRIES[country])},
+        "location": {"country": country, "city": rng.choice(COUNTRIES[country])},
     }
 
 
@@ -140,7 +140,7 @@ def _tiktok(stage: str, event_type: str, at: datetime, rng: random.Random) -> di
             "watchTime": round(rng.uniform(0.5, 180.0), 2),
             "percentageWatched": round(rng.uniform(1, 100), 1),
             "device": rng.choice(("Android", "iOS", "Desktop")),
-            "country": rng.choice(list(_COUNTRIES)),
+            "country": rng.choice(list(COUNTRIES)),
             "videoId": f"v{rng.randrange(10**12)}",
         }
     purchase = event_type in PURCHASE_TYPES
