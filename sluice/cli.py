@@ -204,6 +204,8 @@ def cmd_run(settings: Settings) -> int:
         lines = [f"sluice is running (role {role}, profile {settings.env})"]
         if role in ("all", "ingress"):
             lines.append(f"  webhook:  POST {url}/webhook")
+        if role in ("all", "reports"):
+            lines.append(f"  reports:  GET  {url}/reports/events  (all of them: {url}/docs)")
         lines += [
             f"  health:   GET  {url}/health/ready",
             f"  metrics:  GET  {url}/metrics",
