@@ -190,7 +190,7 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
             "stopped" if stopped.is_set() else "draining" if supervisor.draining else "running"
         )
         engine = Engine(settings, metrics, health, supervisor, role=role, store=store, bus=bus)
-        log.info("starting role %s", role, extra={"role": role})
+        log.info("starting", extra={"role": role})
 
         async def supervise(*, task_status: anyio.abc.TaskStatus[None]) -> None:
             try:
