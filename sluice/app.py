@@ -48,7 +48,6 @@ from sluice.http.app import HttpDeps, create_app
 from sluice.http.health import Health
 from sluice.inflight import CountingEventLog, CountingSubscription
 from sluice.metrics import Metrics
-from sluice.ports import LogUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -121,7 +120,7 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
         if needs_nats:
             assert settings.nats_url, "the URL is resolved before this"
             bus = await stack.enter_async_context(JetStreamBus.connect(settings))
-            health.checks["nats"] = _nats_check(bus)
+            health.checks["nats"] = bus.ping
         if store is not None:
             health.checks["postgres"] = store.ping
             health.checks["migrations"] = _migrations_check(store)
@@ -181,6 +180,7 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
         else:
             children.append(ChildSpec("ingress", make_ingress, wait_on_drain=True))
 
+        metrics.prime(sources=settings.sources, actors=[child.name for child in children])
         supervisor = Supervisor(
             children, on_restart=lambda name, exc: metrics.actor_restarts.labels(name).inc()
         )
@@ -308,14 +308,6 @@ def _http_app(
 
 def _bind(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:
     return lambda: factory(*args, **kwargs)
-
-
-def _nats_check(bus: JetStreamBus) -> Callable[[], Any]:
-    async def check() -> None:
-        if not bus.is_connected():
-            raise LogUnavailable("not connected")
-
-    return check
 
 
 def _migrations_check(store: PgEventStore) -> Callable[[], Any]:

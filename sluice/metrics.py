@@ -22,10 +22,15 @@ not accept them, e.g. after a restart or by a worker of a split deployment.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from sluice.inflight import InFlight
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -126,6 +131,20 @@ class Metrics:
             + _total(self.events_dead_lettered)
         )
         return round(_total(self.events_accepted) - finished) - self.in_flight.total
+
+    def prime(self, *, sources: Iterable[str], actors: Iterable[str]) -> None:
+        """Create the series dashboards read, at zero, so "nothing yet" shows as 0."""
+        for source in sources:
+            for counter in (
+                self.events_accepted,
+                self.events_processed,
+                self.events_duplicate,
+                self.events_dead_lettered,
+            ):
+                counter.labels(source)
+            self.events_failed.labels(source, "store_unavailable")
+        for actor in actors:
+            self.actor_restarts.labels(actor)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

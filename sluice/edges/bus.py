@@ -10,6 +10,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import nats
 import nats.errors
 import nats.js.errors
@@ -148,6 +149,20 @@ class JetStreamBus:
 
     def is_connected(self) -> bool:
         return bool(self._nc.is_connected)
+
+    async def ping(self, timeout: float = 1.5) -> None:
+        """Raise LogUnavailable unless JetStream answers an API request in time.
+
+        A connected socket is not enough: a stalled server keeps the connection open
+        while every publish times out.
+        """
+        if not self._nc.is_connected:
+            raise LogUnavailable("not connected")
+        try:
+            with anyio.fail_after(timeout):
+                await self._js.account_info()
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise LogUnavailable(f"JetStream does not answer: {exc!r}") from exc
 
     async def publish(
         self, source: str, payload: bytes, *, msg_id: str, headers: Mapping[str, str]

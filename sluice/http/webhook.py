@@ -172,7 +172,7 @@ class Ingest:
             rejected.sort(key=lambda r: r.index)
             for rejection in rejected:
                 self.metrics.events_rejected.labels(
-                    route_source or "unknown", _reason_label(rejection.error)
+                    route_source or rejection.source or "unknown", _reason_label(rejection.error)
                 ).inc()
         answer = {
             "accepted": accepted,
@@ -249,8 +249,13 @@ def _response(answer: Answer) -> Response:
 
 
 @webhook_routes.post("/webhook")
-@webhook_routes.post("/events")
 async def webhook() -> Response:
+    return await _ingest(None)
+
+
+@webhook_routes.post("/events")
+async def events() -> Response:
+    """The same handler as /webhook, under its own name (OpenAPI operation ids)."""
     return await _ingest(None)
 
 
@@ -436,7 +441,10 @@ def _drop_oversized(
         else:
             rejected.append(
                 Rejection(
-                    e.index, e.event_id, f"event: larger than the {max_bytes}-byte message limit"
+                    e.index,
+                    e.event_id,
+                    f"event: larger than the {max_bytes}-byte message limit",
+                    e.source,
                 )
             )
     return fitting

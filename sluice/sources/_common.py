@@ -4,6 +4,7 @@ A source module declares msgspec Structs for its events and a `SourceSchema` tha
 them; `_validate.Validator` does the decoding for all sources alike.
 """
 
+import dataclasses
 import re
 import types
 import typing
@@ -45,6 +46,8 @@ class Rejection:
     index: int  # position in the body (0 for a single object)
     event_id: str | None  # when it could be read
     error: str  # "<dotted.field.path>: <what is wrong>"
+    # the event's own `source` when it names a known one (the metrics label); not compared
+    source: str | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,6 +94,14 @@ class Validator:
         """The schema of source `name` (KeyError when unknown)."""
         return self._by_name[name]
 
+    def _known_source(self, raw: bytes | msgspec.Raw) -> str | None:
+        """The `source` a rejected event names, when it is a known one (else None)."""
+        try:
+            source = _probe.decode(raw).source
+        except msgspec.ValidationError:
+            return None
+        return source if isinstance(source, str) and source in self._by_name else None
+
     def validate_body(self, body: bytes, *, route_source: str | None = None) -> Validated:
         """Validate a webhook body: one event object or a JSON array of them.
 
@@ -118,7 +126,9 @@ class Validator:
                 if has_nul and _NUL in data:
                     _raise_if_nul(data)
             except InvalidEvent as exc:
-                rejected.append(Rejection(index, _event_id(raw), exc.error))
+                rejected.append(
+                    Rejection(index, _event_id(raw), exc.error, self._known_source(raw))
+                )
                 continue
             event_id = event.event_id
             if event_id in seen:

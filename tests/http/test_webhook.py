@@ -248,6 +248,20 @@ async def test_health_and_metrics_answer_json_and_prometheus_text(client: Any) -
     assert 'events_accepted_total{source="tiktok"} 1.0' in text
 
 
+async def test_rejections_are_counted_under_the_events_own_source(client: Any) -> None:
+    bad_age = make_event("facebook", "top", data__user__age="forty")
+    bad_source = {**make_event("tiktok"), "source": "myspace"}
+    await post(client, [make_event("tiktok"), bad_age, bad_source, 7])
+    await client.post("/webhook/tiktok", json=make_event("facebook"))
+    text = (await (await client.get("/metrics")).get_data()).decode()
+    assert 'events_rejected_total{reason="data.user.age",source="facebook"} 1.0' in text
+    assert 'events_rejected_total{reason="source",source="unknown"} 1.0' in text
+    assert 'events_rejected_total{reason="event",source="unknown"} 1.0' in text
+    # on /webhook/<source> the label is the route's source
+    assert 'events_rejected_total{reason="source",source="tiktok"} 1.0' in text
+    assert "myspace" not in text
+
+
 async def test_unknown_routes_answer_json(client: Any) -> None:
     response = await client.get("/nope")
     assert response.status_code == 404

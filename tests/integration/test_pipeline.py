@@ -163,6 +163,16 @@ async def test_ready_once_everything_is_up(engine: Engine) -> None:
     assert live.status_code == 200
 
 
+async def test_dashboard_series_exist_at_zero_before_anything_happens(engine: Engine) -> None:
+    sample = engine.metrics.registry.get_sample_value
+    for source in engine.settings.sources:
+        assert sample("events_failed_total", {"source": source, "reason": "store_unavailable"}) == 0
+        assert sample("events_dead_lettered_total", {"source": source}) == 0
+        assert sample("events_processed_total", {"source": source}) == 0
+    assert sample("actor_restarts_total", {"actor": "writer[0]"}) == 0
+    assert sample("actor_restarts_total", {"actor": "ingress"}) == 0
+
+
 async def test_a_writer_that_loses_its_database_connection_restarts_and_loses_nothing(
     settings: Settings,
 ) -> None:
