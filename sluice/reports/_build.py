@@ -13,7 +13,6 @@ import msgspec
 
 from ._params import BadParam
 from ._results import (
-    AgeBin,
     CityCount,
     CountryCount,
     CountryRow,
@@ -178,7 +177,7 @@ def demographics(audience: Audience, sources: tuple[str, ...]) -> DemographicsRe
         ages = _sum_by(fb("age"), lambda r: r.value)
         report.facebook = FacebookAudience(
             users=audience.users.get("facebook", 0),
-            age=[AgeBin(range=b, count=ages.get(b, 0)) for b in AGE_RANGES],
+            age=[RangeCount(range=b, count=ages.get(b, 0)) for b in AGE_RANGES],
             gender=[
                 GenderCount(gender=k, count=n)
                 for k, n in _ranked(_sum_by(fb("gender"), lambda r: r.value))

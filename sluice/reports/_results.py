@@ -16,7 +16,6 @@ from msgspec import UNSET, UnsetType
 
 __all__ = [
     "AccountSummary",
-    "AgeBin",
     "CityCount",
     "CountryCount",
     "CountryRow",
@@ -100,11 +99,6 @@ class RevenueReport(_Body, kw_only=True):
     series: list[RevenuePoint] | UnsetType = UNSET  # only with `interval`
 
 
-class AgeBin(_Body, kw_only=True):
-    range: str
-    count: int
-
-
 class RangeCount(_Body, kw_only=True):
     range: str
     count: int
@@ -133,7 +127,7 @@ class DeviceCount(_Body, kw_only=True):
 
 class FacebookAudience(_Body, kw_only=True):
     users: int
-    age: list[AgeBin]
+    age: list[RangeCount]
     gender: list[GenderCount]
     countries: list[CountryCount]
     cities: list[CityCount]
