@@ -163,7 +163,16 @@ def versions() -> dict[str, str]:
     from importlib.metadata import version
 
     found = {"python": platform.python_version()}
-    for package in ("msgspec", "nats-py", "asyncpg", "hypercorn", "quart", "uvloop", "anyio"):
+    for package in (
+        "msgspec",
+        "nats-py",
+        "asyncpg",
+        "uvicorn",
+        "httptools",
+        "quart",
+        "uvloop",
+        "anyio",
+    ):
         with contextlib.suppress(Exception):
             found[package] = version(package)
     with contextlib.suppress(Exception):
