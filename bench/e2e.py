@@ -69,6 +69,7 @@ class Scenario:
     invalid: float = 0.0
     nats_sync: str = "always"
     env: dict[str, str] = field(default_factory=dict)
+    publish_args: tuple[str, ...] = ()  # more `sluice publish` flags
 
 
 SCENARIOS = {
@@ -77,6 +78,13 @@ SCENARIOS = {
         Scenario("array100", "arrays of 100, as fast as possible", total=600_000, concurrency=32),
         Scenario("array1000", "arrays of 1,000", batch=1000, total=600_000, concurrency=8),
         Scenario("single", "one event per POST", batch=1, total=60_000, concurrency=32),
+        Scenario(
+            "array100-worst",
+            "arrays of 100, a new user and video on every event, timestamps over an hour",
+            total=600_000,
+            concurrency=32,
+            publish_args=("--worst-case",),
+        ),
         Scenario(
             "dup5",
             "arrays of 100, 5% exact re-sends",
@@ -422,6 +430,7 @@ def run_scenario(
         "5",
         "--json",
         str(summary_path),
+        *scenario.publish_args,
     ]
     rate = None
     if scenario.total is not None:

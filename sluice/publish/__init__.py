@@ -7,17 +7,23 @@ Ctrl-C), from `--concurrency` keep-alive connections. `--duplicates` re-sends ev
 already acknowledged, `--invalid` breaks some. 429/503 answers are retried after their
 Retry-After. Prints a progress line, then sent/accepted/rejected counts and latency
 percentiles (and, with `--json`, the same summary as JSON).
+
+The events look like live traffic (`Traffic`): users and videos repeat, drawn from pools
+(`--users`, `--videos`), timestamps are near now with a few late ones (`--jitter`,
+`--late`, `--late-by`). `--worst-case` sends what costs the database most instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sluice.publish.events import Traffic
 from sluice.publish.runner import (
     Publisher,
     PublishOptions,
@@ -37,6 +43,7 @@ __all__ = [
     "PublishOptions",
     "Publisher",
     "Stats",
+    "Traffic",
     "add_arguments",
     "cmd_publish",
     "format_summary",
@@ -56,6 +63,19 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _not_negative(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError("must not be negative")
+        return value
+
+    return parse
+
+
 def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
     def parse(text: str) -> float | int:
         try:
@@ -69,6 +89,13 @@ def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int
     return parse
 
 
+def _late_ratio(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be a ratio in [0, 1]")
+    return value
+
+
 def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip():
@@ -76,8 +103,26 @@ def _header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+_EPILOG = """\
+what the events look like:
+  Every source, stage and event type (EVENTS.md), about half facebook and half tiktok,
+  with realistic values. Users come from a pool of --users per source and videos from
+  a pool of --videos per source, both drawn log-uniformly: the k most active make up
+  log(k+1)/log(N+1) of the events (of 100,000 users the first sends ~6% of a source's
+  events, the first 100 ~40%, the first 10,000 ~80%). A user keeps the same
+  attributes all along (facebook: name, age, gender, country, city; tiktok: username,
+  followers). Timestamps (and actionTime) are now minus up to --jitter seconds,
+  uniformly; a --late ratio of events is up to --late-by seconds old (out of order).
+  --users 0 / --videos 0 draw a new user / video for every event; --worst-case is
+  --users 0 --videos 0 --jitter 3600 --late 0 (a new user and video on every event,
+  timestamps over the last hour: the most work for the database's rollups).
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `publish` flags (used by `sluice publish` and the benchmarks)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _EPILOG
     parser.add_argument(
         "--url",
         default=os.environ.get("EVENT_ENDPOINT") or DEFAULT_URL,
@@ -109,6 +154,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=_positive(float), default=30.0, help="seconds per request"
     )
+    live = Traffic()
+    parser.add_argument(
+        "--users",
+        type=_not_negative(int),
+        default=live.users,
+        help="users per source, drawn log-uniformly; 0: a new one every event [%(default)s]",
+    )
+    parser.add_argument(
+        "--videos",
+        type=_not_negative(int),
+        default=live.videos,
+        help="videos per source, drawn log-uniformly; 0: a new one every event [%(default)s]",
+    )
+    parser.add_argument(
+        "--jitter",
+        type=_not_negative(float),
+        default=live.jitter,
+        help="timestamps are now minus up to this many seconds [%(default)s]",
+    )
+    parser.add_argument(
+        "--late",
+        type=_late_ratio,
+        default=live.late,
+        help="ratio of late (out-of-order) events [%(default)s]",
+    )
+    parser.add_argument(
+        "--late-by",
+        type=_not_negative(float),
+        default=live.late_by,
+        help="a late event is up to this many seconds old [%(default)s]",
+    )
+    parser.add_argument(
+        "--worst-case",
+        action="store_true",
+        help="--users 0 --videos 0 --jitter 3600 --late 0 (overrides those flags)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed (reproducible runs)")
     parser.add_argument(
         "-H",
@@ -133,6 +214,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from(args: argparse.Namespace) -> PublishOptions:
     if args.duplicates + args.invalid >= 1:
         raise ValueError("--duplicates plus --invalid must stay below 1")
+    if args.worst_case:
+        traffic = Traffic.worst_case()
+    else:
+        traffic = Traffic(
+            users=args.users,
+            videos=args.videos,
+            jitter=args.jitter,
+            late=args.late,
+            late_by=args.late_by,
+        )
     return PublishOptions(
         url=args.url,
         batch=args.batch,
@@ -147,6 +238,7 @@ def options_from(args: argparse.Namespace) -> PublishOptions:
         seed=args.seed,
         headers=dict(args.header),
         progress=args.progress,
+        traffic=traffic,
     )
 
 
@@ -158,7 +250,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(f"sluice publish: {exc}", file=sys.stderr)
         return 2
     stats = run_publisher(options, loop_factory=_uvloop_factory())
-    summary = stats.summary()
+    summary = {**stats.summary(), "traffic": dataclasses.asdict(options.traffic)}
     if options.progress > 0 and sys.stderr.isatty():
         print(file=sys.stderr)
     print(format_summary(summary), flush=True)

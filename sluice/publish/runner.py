@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import msgspec
 
 from sluice.publish.bodies import Batch, BodyMaker
+from sluice.publish.events import Traffic
 from sluice.publish.http1 import Connection, HttpError, Target
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class PublishOptions:
     seed: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     progress: float = 1.0  # seconds between progress lines; 0: none
+    traffic: Traffic = field(default_factory=Traffic)  # users, videos, timestamps
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.concurrency < 1:
@@ -151,7 +153,10 @@ class Publisher:
         self.stats = Stats()
         self._out = out if out is not None else sys.stderr
         self._maker = BodyMaker(
-            duplicates=options.duplicates, invalid=options.invalid, seed=options.seed
+            duplicates=options.duplicates,
+            invalid=options.invalid,
+            seed=options.seed,
+            traffic=options.traffic,
         )
         self._target = Target.parse(options.url)
         self._stopping = asyncio.Event()
@@ -214,9 +219,10 @@ class Publisher:
     async def _worker(self) -> None:
         connection = Connection(self._target, timeout=self.options.timeout)
         bare = self.options.batch == 1
+        paced = self.options.rate is not None
         try:
             while n := self._take():
-                if not await self._pace(n):
+                if paced and not await self._pace(n):
                     break
                 await self._send(connection, self._maker.make(n, bare=bare))
         finally:
@@ -248,7 +254,7 @@ class Publisher:
             stats.statuses[status] += 1
             if status in (429, 503):
                 stats.throttled += 1
-                delay = retry_after_seconds(answer.headers.get("retry-after"))
+                delay = retry_after_seconds(answer.header("retry-after"))
                 if delay is None:
                     stats.throttled_without_retry_after += 1
                     delay = 1.0
