@@ -84,6 +84,18 @@ class Metrics:
         self.batch_size = Histogram(
             "batch_size", "Rows per writer transaction", buckets=_BATCH_SIZES, registry=r
         )
+        self.envelope_events = Histogram(
+            "envelope_events",
+            "Events per JetStream message the webhook published",
+            buckets=_BATCH_SIZES,
+            registry=r,
+        )
+        self.envelope_requests = Histogram(
+            "envelope_requests",
+            "Requests sharing one JetStream message the webhook published (group commit)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.batch_flush_seconds = Histogram(
             "batch_flush_seconds", "Time to commit one writer batch", buckets=_LATENCY, registry=r
         )

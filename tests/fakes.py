@@ -105,17 +105,39 @@ class FakeSubscription:
 
 @dataclass
 class FakeEventLog:
-    """Records publishes; `unavailable` makes it refuse like a NATS outage."""
+    """Records publishes; `unavailable` makes it refuse like a NATS outage.
+
+    With `hold` set, each publish waits until the test sets its event in `held` (in
+    call order), so a test can see what is in flight; `fail_next` fails the next ones.
+    """
 
     published: list[tuple[str, bytes, str, dict[str, str]]] = field(default_factory=list)
     seen_ids: set[str] = field(default_factory=set)
     unavailable: bool = False
     max_payload: int = 1024 * 1024
+    hold: bool = False
+    held: list[anyio.Event] = field(default_factory=list)
+    fail_next: list[Exception] = field(default_factory=list)
+    calls: int = 0
+    running: int = 0
+    most_running: int = 0
 
     async def publish(
         self, source: str, payload: bytes, *, msg_id: str, headers: Mapping[str, str]
     ) -> PublishAck:
-        await anyio.lowlevel.checkpoint()
+        self.calls += 1
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await anyio.lowlevel.checkpoint()
+            if self.hold:
+                release = anyio.Event()
+                self.held.append(release)
+                await release.wait()
+        finally:
+            self.running -= 1
+        if self.fail_next:
+            raise self.fail_next.pop(0)
         if self.unavailable:
             raise LogUnavailable("nats: no responders")
         duplicate = msg_id in self.seen_ids

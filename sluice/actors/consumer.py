@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ from sluice.ports import DeadLetter, Delivery, LogUnavailable, Subscription
 from sluice.sources import InvalidEvent, parse_event
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectSendStream
@@ -82,7 +83,7 @@ class Consumer(Actor):
             self.name,
             len(work),
             sum(len(w.rows) + len(w.dead) for w in work),
-            extra={"correlation_ids": _distinct(w.correlation_id for w in work)},
+            extra={"correlation_ids": _distinct(c for w in work for c in w.correlation_ids)},
         )
         for item in work:
             await self._outbox.send(item)
@@ -132,19 +133,37 @@ class Consumer(Actor):
             return Work(self.source, delivery, [], [letter], correlation_id=correlation_id)
         rows = []
         dead = []
-        for raw in env.events:
+        owners = _owners(env.requests, correlation_id)
+        for raw, owner in zip(env.events, owners, strict=False):
             try:
                 rows.append(
                     parse_event(
                         env.source,
                         bytes(raw),
                         received_at=env.receivedAt,
-                        correlation_id=correlation_id,
+                        correlation_id=owner,
                     )
                 )
             except InvalidEvent as exc:
                 dead.append(DeadLetter(env.source, exc.error, bytes(raw), delivery.num_delivered))
-        return Work(self.source, delivery, rows, dead, correlation_id=correlation_id)
+        request_ids = tuple(dict.fromkeys(cid for cid, _ in env.requests or ()))
+        return Work(
+            self.source,
+            delivery,
+            rows,
+            dead,
+            correlation_id=correlation_id,
+            request_ids=request_ids,
+        )
+
+
+def _owners(requests: list[tuple[str, int]] | None, header: str | None) -> Iterator[str | None]:
+    """Each event's correlation id: from the envelope's request runs when it has them
+    (group commit), else (and for any events past the runs) the message header's."""
+    if not requests:
+        return itertools.repeat(header)
+    runs = (itertools.repeat(cid, count) for cid, count in requests)
+    return itertools.chain(itertools.chain.from_iterable(runs), itertools.repeat(header))
 
 
 def _distinct(ids: Iterable[str | None]) -> list[str]:

@@ -13,38 +13,18 @@ from typing import TYPE_CHECKING
 import anyio
 
 from sluice.engine import Actor
+from sluice.recent import RecentIds
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from sluice.actors.work import Work
     from sluice.metrics import Metrics
 
+__all__ = ["DedupGuard", "RecentIds"]
+
 log = logging.getLogger("sluice.dedup")
-
-
-class RecentIds:
-    """A bounded set: two generations, the older dropped whole when the newer fills."""
-
-    def __init__(self, capacity: int) -> None:
-        self._half = max(1, capacity // 2)
-        self._new: set[str] = set()
-        self._old: set[str] = set()
-
-    def __contains__(self, event_id: str) -> bool:
-        return event_id in self._new or event_id in self._old
-
-    def __len__(self) -> int:
-        return len(self._new) + len(self._old)
-
-    def add_all(self, event_ids: Iterable[str]) -> None:
-        for event_id in event_ids:
-            self._new.add(event_id)
-            if len(self._new) >= self._half:
-                self._old, self._new = self._new, set()
 
 
 class DedupGuard(Actor):

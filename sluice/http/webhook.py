@@ -1,7 +1,8 @@
 """POST /webhook (and /events, /webhook/<source>): validate, publish, answer.
 
-202 means every accepted event is in JetStream (publish acked). One envelope per
-source per request, split below the server's max_payload.
+202 means every accepted event is in JetStream (publish acked). A request alone gets
+one envelope per source, split below the server's max_payload; concurrent requests for
+a source share envelopes (group commit: `sluice.http._group_commit`).
 
 The work is done by `Ingest.handle`, which knows nothing of the web framework. Two
 front ends call it with the same contract (statuses, bodies, headers):
@@ -28,11 +29,13 @@ from quart import Blueprint, Response, current_app, g, request
 
 from sluice import envelope
 from sluice.config import Settings
+from sluice.http._group_commit import CORRELATION_HEADER as CORRELATION_HEADER
+from sluice.http._group_commit import GroupCommit, ServiceUnavailable
 from sluice.http.errors import json_bytes
-from sluice.inflight import EVENTS_HEADER
 from sluice.metrics import Metrics
-from sluice.ports import EventLog, LogUnavailable
-from sluice.sources import SOURCE_NAMES, BadBody, Rejection, ValidEvent, validate_body
+from sluice.ports import EventLog
+from sluice.recent import RecentIds
+from sluice.sources import SOURCE_NAMES, BadBody, Rejection, Validated, ValidEvent, validate_body
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -41,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sluice.webhook")
 
-CORRELATION_HEADER = "X-Correlation-ID"
 BACKLOG_PROBE_INTERVAL = 0.5  # seconds between looks at the consumers' backlog
 
 webhook_routes = Blueprint("webhook", __name__)
@@ -63,10 +65,6 @@ class Answer:
     headers: dict[str, str]
 
 
-class ServiceUnavailable(Exception):
-    pass
-
-
 @dataclass
 class Ingest:
     """What the webhook needs: where to publish, how much at once, what to count."""
@@ -76,8 +74,16 @@ class Ingest:
     metrics: Metrics
 
     def __post_init__(self) -> None:
-        self.inflight = anyio.Semaphore(self.settings.max_inflight_publishes)
-        self._accepted = {s: self.metrics.events_accepted.labels(s) for s in SOURCE_NAMES}
+        settings = self.settings
+        self.inflight = anyio.Semaphore(settings.max_inflight_publishes)
+        self.group_commit = GroupCommit(
+            self.event_log,
+            self.metrics,
+            inflight=settings.group_commit_inflight,
+            max_bytes=settings.group_commit_max_bytes,
+            recent=RecentIds(settings.dedup_capacity),
+            publish_timeout=settings.publish_timeout,
+        )
         self._probe = self.event_log if isinstance(self.event_log, BacklogProbe) else None
         self._backlog = 0
         self._backlog_at = -BACKLOG_PROBE_INTERVAL
@@ -138,30 +144,9 @@ class Ingest:
             validated = validate_body(body, route_source=route_source)
         except BadBody as exc:
             return Answer(400, {"error": str(exc)}, {})
-        received_at = datetime.now(UTC)
         rejected = list(validated.rejected)
-        accepted = duplicates = 0
-        headers = {CORRELATION_HEADER: correlation_id}
-        max_bytes = self.event_log.max_payload
         try:
-            for source, events in validated.by_source.items():
-                fitting = _drop_oversized(events, max_bytes, rejected)
-                chunks = envelope.encode(
-                    source,
-                    [(e.event_id, e.raw) for e in fitting],
-                    received_at=received_at,
-                    max_bytes=max_bytes,
-                )
-                for chunk in chunks:
-                    counted = {**headers, EVENTS_HEADER: str(len(chunk.event_ids))}
-                    if await self._publish(source, chunk, counted):
-                        accepted += len(chunk.event_ids)
-                        counter = self._accepted.get(source)
-                        if counter is None:
-                            counter = self.metrics.events_accepted.labels(source)
-                        counter.inc(len(chunk.event_ids))
-                    else:
-                        duplicates += len(chunk.event_ids)
+            accepted, duplicates = await self._publish(validated, rejected, correlation_id)
         except ServiceUnavailable as exc:
             log.warning("publish failed: %s", exc, extra={"correlation_id": correlation_id})
             return Answer(
@@ -191,21 +176,35 @@ class Ingest:
         )
         return Answer(status, answer, {})
 
-    async def _publish(self, source: str, chunk: envelope.Chunk, headers: dict[str, str]) -> bool:
-        """Publish one envelope; True if new, False if JetStream already had it."""
+    async def _publish(
+        self, validated: Validated, rejected: list[Rejection], correlation_id: str
+    ) -> tuple[int, int]:
+        """Publish the valid events per source: (accepted, duplicates), once durable.
+
+        Raises ServiceUnavailable (nothing of a failed source may be claimed).
+        """
+        if not validated.by_source:
+            return 0, 0
+        received_at = datetime.now(UTC)
+        max_bytes = self.event_log.max_payload
+        accepted = duplicates = 0
         with anyio.move_on_after(self.settings.publish_timeout) as scope:
             await self.inflight.acquire()
         if scope.cancelled_caught:
             raise ServiceUnavailable("too many requests in flight")
         try:
-            ack = await self.event_log.publish(
-                source, chunk.payload, msg_id=chunk.msg_id, headers=headers
-            )
-        except LogUnavailable as exc:
-            raise ServiceUnavailable(str(exc)) from exc
+            for source, events in validated.by_source.items():
+                outcome = await self.group_commit.submit(
+                    source,
+                    _drop_oversized(events, max_bytes, rejected),
+                    correlation_id=correlation_id,
+                    received_at=received_at,
+                )
+                accepted += outcome.accepted
+                duplicates += outcome.duplicates
         finally:
             self.inflight.release()
-        return not ack.duplicate
+        return accepted, duplicates
 
 
 def unknown_source(source: str) -> Answer:

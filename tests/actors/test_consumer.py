@@ -84,3 +84,26 @@ async def test_keeps_fetching_after_nats_hiccups(autojump_clock: trio.testing.Mo
         handle.stop()
     assert len(work.rows) == 1
     assert subscription.fetches >= 3
+
+
+def test_rows_of_a_combined_envelope_carry_their_own_requests_correlation_ids() -> None:
+    events = [make_event("facebook") for _ in range(5)]
+    pairs = [(e["eventId"], msgspec.json.encode(e)) for e in events]
+    runs = [("c-a", 2), ("c-b", 1), ("c-c", 2)]
+    [chunk] = envelope.encode(
+        "facebook", pairs, received_at=RECEIVED, max_bytes=1 << 20, requests=runs
+    )
+    delivery = FakeDelivery(chunk.payload, headers={"X-Correlation-ID": chunk.correlation_id})
+    work = consumer_for(FakeSubscription(), None).decode(delivery)
+    assert [r.event_id for r in work.rows] == [e["eventId"] for e in events]
+    assert [r.correlation_id for r in work.rows] == ["c-a", "c-a", "c-b", "c-c", "c-c"]
+    assert work.correlation_id == "c-a"  # the header: the first request's
+    assert work.correlation_ids == ("c-a", "c-b", "c-c")  # what the log lines name
+
+
+def test_an_envelope_without_request_runs_uses_the_header_for_every_row() -> None:
+    events = [make_event("facebook") for _ in range(3)]
+    delivery = FakeDelivery(envelope_of(*events), headers={"X-Correlation-ID": "c-1"})
+    work = consumer_for(FakeSubscription(), None).decode(delivery)
+    assert [r.correlation_id for r in work.rows] == ["c-1"] * 3
+    assert work.correlation_ids == ("c-1",)

@@ -20,6 +20,13 @@ def test_recent_ids_stay_bounded_and_forget_the_oldest_first() -> None:
     assert "a" not in recent
 
 
+def test_recent_ids_any_of_looks_in_both_generations() -> None:
+    recent = RecentIds(capacity=4)
+    recent.add_all(["a", "b", "c"])  # "a", "b" rotate into the older generation
+    assert recent.any_of(["x", "a"]) and recent.any_of(["c"])
+    assert not recent.any_of(["x", "y"]) and not recent.any_of([])
+
+
 @pytest.mark.anyio
 async def test_drops_committed_ids_and_acks_messages_left_empty() -> None:
     in_send, inbox = open_channel[Work](8)

@@ -1,0 +1,362 @@
+"""Group commit: concurrent requests' events for one source share JetStream messages.
+
+nats-server fsyncs every message (`sync_interval: always`), ~1,000-1,400 a second on
+the disks sluice runs on, so one message per request caps single-event POSTs there.
+Here a request that finds fewer than `inflight` publishes under way for its source
+publishes at once, alone: the same message and Nats-Msg-Id as one envelope per
+request. Requests arriving while those publishes run wait in the source's lane; when a
+publish ends, its publisher hands its slot to the oldest waiting request, which
+publishes everything then waiting as one envelope (split below max_payload). Each
+request is answered after the ack of every message holding its events; a failed
+publish fails every request in it (503), and nothing of it is counted accepted.
+
+There is no task of its own: the requests are the publishers (leader/follower). A
+publish runs shielded from its leader's cancellation, under its own deadline, so a
+client gone away never strands the requests sharing its messages.
+
+Ids of events JetStream has acked are remembered (bounded): a re-sent event is answered
+as a duplicate without being published again. JetStream's msg-id window catches a lone
+re-sent envelope the set has forgotten; the database's unique key stays the authority.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+
+from sluice import envelope
+from sluice.inflight import EVENTS_HEADER
+from sluice.ports import LogUnavailable
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+
+    from prometheus_client import Counter
+
+    from sluice.metrics import Metrics
+    from sluice.ports import EventLog, PublishAck
+    from sluice.recent import RecentIds
+    from sluice.sources import ValidEvent
+
+__all__ = ["CORRELATION_HEADER", "GroupCommit", "Outcome", "ServiceUnavailable"]
+
+log = logging.getLogger("sluice.webhook")
+
+CORRELATION_HEADER = "X-Correlation-ID"
+
+
+class ServiceUnavailable(Exception):
+    """The events could not be made durable (answer 503 with Retry-After)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    accepted: int  # published in messages JetStream acked as new
+    duplicates: int  # acked before (recent ids, or JetStream's msg-id window)
+
+
+class _Entry:
+    """One request's events for one source, from joining a lane until answered."""
+
+    __slots__ = (
+        "accepted",
+        "correlation_id",
+        "done",
+        "duplicates",
+        "error",
+        "events",
+        "late",
+        "leading",
+        "received_at",
+        "size",
+        "wake",
+    )
+
+    def __init__(self, correlation_id: str, events: list[ValidEvent], received_at: datetime):
+        self.correlation_id = correlation_id
+        self.events = events
+        self.received_at = received_at
+        self.size = sum(len(e.raw) for e in events)
+        self.accepted = self.duplicates = 0
+        self.done = False
+        self.error: Exception | None = None
+        self.leading = False  # holds a publish slot: must publish or pass it on
+        self.late = False  # answered at the end of its batch (it shares ids with another)
+        self.wake = anyio.Event()  # set when done, or when handed a slot
+
+    def finish(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.done = True
+        self.wake.set()
+
+
+class _Lane:
+    """One source: the requests waiting, and the publish slots in use."""
+
+    __slots__ = ("pending", "pending_bytes", "slots", "space", "space_waiters")
+
+    def __init__(self) -> None:
+        self.pending: list[_Entry] = []
+        self.pending_bytes = 0
+        self.slots = 0  # publishes running, or handed to a waiting request
+        self.space = anyio.Event()  # set when pending shrinks, if anyone waits for it
+        self.space_waiters = 0
+
+    def take(self) -> list[_Entry]:
+        batch, self.pending, self.pending_bytes = self.pending, [], 0
+        self._freed()
+        return batch
+
+    def remove(self, entry: _Entry) -> None:
+        self.pending.remove(entry)
+        self.pending_bytes -= entry.size
+        self._freed()
+
+    def _freed(self) -> None:
+        if self.space_waiters:
+            self.space.set()
+            self.space = anyio.Event()
+
+
+class GroupCommit:
+    """Publishes requests' events per source, concurrent requests sharing messages.
+
+    `inflight`: publishes at once per source. `max_bytes`: event bytes that may wait per
+    source (a request alone may be larger). `recent`: ids acked here lately.
+    """
+
+    def __init__(
+        self,
+        event_log: EventLog,
+        metrics: Metrics,
+        *,
+        inflight: int,
+        max_bytes: int,
+        recent: RecentIds,
+        publish_timeout: float,
+    ) -> None:
+        self._log = event_log
+        self._metrics = metrics
+        self._inflight = inflight
+        self._max_bytes = max_bytes
+        self._recent = recent
+        self._wait_limit = publish_timeout
+        # The edge times a publish out itself; this deadline is the backstop that keeps
+        # a shielded publish from hanging a drain.
+        self._deadline = publish_timeout + 1.0
+        self._lanes: dict[str, _Lane] = {}
+        self._accepted: dict[str, Counter] = {}
+
+    async def submit(
+        self,
+        source: str,
+        events: Sequence[ValidEvent],
+        *,
+        correlation_id: str,
+        received_at: datetime,
+    ) -> Outcome:
+        """Publish `events` (all of `source`); return once every message holding them
+        is acked by JetStream.
+
+        Blocks while more than `max_bytes` of the source's events wait, for up to the
+        publish timeout. Raises ServiceUnavailable when the events could not be made
+        durable: then none of them may be claimed.
+        """
+        recent = self._recent
+        if recent.any_of([e.event_id for e in events]):
+            fresh = [e for e in events if e.event_id not in recent]
+        else:
+            fresh = list(events)
+        known = len(events) - len(fresh)
+        if not fresh:
+            return Outcome(0, known)
+        lane = self._lanes.get(source)
+        if lane is None:
+            lane = self._lanes[source] = _Lane()
+        entry = _Entry(correlation_id, fresh, received_at)
+        await self._join(lane, entry)
+        try:
+            while True:
+                if entry.leading:
+                    entry.leading = False
+                    if entry.done:  # taken by another publish meanwhile: answer now
+                        self._hand_on(lane)
+                        break
+                    if entry.wake.is_set():
+                        entry.wake = anyio.Event()
+                    await self._flush(source, lane)
+                if entry.done:
+                    break
+                await entry.wake.wait()
+        except BaseException:
+            self._leave(lane, entry)
+            raise
+        if entry.error is not None:
+            raise entry.error
+        return Outcome(entry.accepted, entry.duplicates + known)
+
+    async def _join(self, lane: _Lane, entry: _Entry) -> None:
+        def full() -> bool:
+            return bool(lane.pending) and lane.pending_bytes + entry.size > self._max_bytes
+
+        if full():
+            lane.space_waiters += 1
+            try:
+                with anyio.move_on_after(self._wait_limit):
+                    while full():
+                        await lane.space.wait()
+            finally:
+                lane.space_waiters -= 1
+            if full():
+                raise ServiceUnavailable("too many events waiting to be published")
+        lane.pending.append(entry)
+        lane.pending_bytes += entry.size
+        if lane.slots < self._inflight:
+            lane.slots += 1
+            entry.leading = True
+
+    def _leave(self, lane: _Lane, entry: _Entry) -> None:
+        """A request cancelled (or failed) while waiting: nothing of it is published
+        unless already taken, and a slot it was handed goes on to the next."""
+        if entry in lane.pending:
+            lane.remove(entry)
+        if entry.leading:
+            entry.leading = False
+            self._hand_on(lane)
+
+    def _hand_on(self, lane: _Lane) -> None:
+        """Pass the caller's slot to the oldest waiting request, or free it."""
+        for waiting in lane.pending:
+            if not waiting.leading:
+                waiting.leading = True
+                waiting.wake.set()
+                return
+        lane.slots -= 1
+
+    async def _flush(self, source: str, lane: _Lane) -> None:
+        try:
+            batch = lane.take()
+            if batch:
+                with anyio.CancelScope(shield=True):
+                    await self._publish(source, batch)
+        finally:
+            self._hand_on(lane)
+
+    async def _publish(self, source: str, batch: list[_Entry]) -> None:
+        """Publish `batch` as few envelopes as fit; finish every entry, whatever happens."""
+        failure: Exception | None = ServiceUnavailable("publish interrupted")
+        try:
+            pairs, parts, runs = self._pack(batch)
+            chunks = envelope.encode(
+                source,
+                pairs,
+                received_at=batch[0].received_at,
+                max_bytes=self._log.max_payload,
+                requests=runs,
+            )
+            owners = iter(parts)
+            entry, left = next(owners, (batch[0], 0))
+            first = entry.correlation_id
+            for chunk in chunks:
+                ack = await self._publish_one(source, chunk, first)
+                count = len(chunk.event_ids)
+                self._acked(source, chunk, ack.duplicate)
+                while count:
+                    share = min(count, left)
+                    if ack.duplicate:
+                        entry.duplicates += share
+                    else:
+                        entry.accepted += share
+                    count -= share
+                    left -= share
+                    if not left:
+                        if not entry.late:
+                            entry.finish()
+                        entry, left = next(owners, (entry, 0))
+            failure = None
+        except LogUnavailable as exc:
+            failure = ServiceUnavailable(str(exc))
+        except Exception as exc:
+            log.exception("publishing to %s failed", source)
+            failure = RuntimeError(f"publish failed: {exc!r}")
+        finally:
+            for entry in batch:
+                if not entry.done:
+                    entry.finish(None if failure is None else _copy(failure))
+
+    def _pack(
+        self, batch: list[_Entry]
+    ) -> tuple[list[tuple[str, bytes]], list[tuple[_Entry, int]], list[tuple[str, int]] | None]:
+        """The batch's (id, raw) pairs, each entry's share of them in order, and the
+        requests' runs (None for one request's events: the envelope it always had)."""
+        recent = self._recent
+        ids = [e.event_id for entry in batch for e in entry.events]
+        if not recent.any_of(ids) and len(set(ids)) == len(ids):  # the usual case, in C
+            pairs = [(e.event_id, e.raw) for entry in batch for e in entry.events]
+            parts = [(entry, len(entry.events)) for entry in batch]
+        else:
+            pairs, parts = self._pack_checked(batch)
+        if len(parts) < 2:
+            return pairs, parts, None
+        return pairs, parts, [(entry.correlation_id, count) for entry, count in parts]
+
+    def _pack_checked(
+        self, batch: list[_Entry]
+    ) -> tuple[list[tuple[str, bytes]], list[tuple[_Entry, int]]]:
+        """`_pack` when some ids were acked meanwhile or repeat across the batch."""
+        recent = self._recent
+        seen: set[str] = set()
+        pairs: list[tuple[str, bytes]] = []
+        parts: list[tuple[_Entry, int]] = []
+        for entry in batch:
+            count = 0
+            for e in entry.events:
+                if e.event_id in recent:  # acked while this request waited
+                    entry.duplicates += 1
+                elif e.event_id in seen:
+                    # Another request in this batch carries it: a duplicate once the
+                    # whole batch is acked.
+                    entry.duplicates += 1
+                    entry.late = True
+                else:
+                    seen.add(e.event_id)
+                    pairs.append((e.event_id, e.raw))
+                    count += 1
+            if count:
+                parts.append((entry, count))
+        return pairs, parts
+
+    async def _publish_one(self, source: str, chunk: envelope.Chunk, first: str) -> PublishAck:
+        headers = {
+            CORRELATION_HEADER: chunk.correlation_id or first,
+            EVENTS_HEADER: str(len(chunk.event_ids)),
+        }
+        with anyio.move_on_after(self._deadline):
+            return await self._log.publish(
+                source, chunk.payload, msg_id=chunk.msg_id, headers=headers
+            )
+        raise LogUnavailable(f"no publish ack within {self._deadline:g} s")
+
+    def _acked(self, source: str, chunk: envelope.Chunk, duplicate: bool) -> None:
+        # Durable now (new, or JetStream had it): safe to answer re-sends as duplicates.
+        self._recent.add_all(chunk.event_ids)
+        count = len(chunk.event_ids)
+        metrics = self._metrics
+        metrics.envelope_events.observe(count)
+        metrics.envelope_requests.observe(chunk.requests)
+        if not duplicate:
+            counter = self._accepted.get(source)
+            if counter is None:
+                counter = self._accepted[source] = metrics.events_accepted.labels(source)
+            counter.inc(count)
+
+
+def _copy(error: Exception) -> Exception:
+    """One exception object per waiting request (each raises it with its own traceback)."""
+    if isinstance(error, ServiceUnavailable):
+        return ServiceUnavailable(str(error))
+    return RuntimeError(str(error))
