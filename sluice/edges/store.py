@@ -26,6 +26,7 @@ import re
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
+from msgspec.structs import astuple
 
 from sluice.ports import DeadLetter, EventRow, RowsRejected, StoreUnavailable
 from sluice.sql.migrate import migrate as run_migrations
@@ -69,6 +70,9 @@ COLUMNS: tuple[str, ...] = (
     "video_id",
 )
 _COLUMN_LIST = ", ".join(COLUMNS)
+# write_batch copies each EventRow as a tuple of its fields: they must be the columns.
+if EventRow.__struct_fields__ != COLUMNS:
+    raise RuntimeError("EventRow's fields and the COPY columns differ")
 
 # Same columns as `events`, no constraints and no indexes: COPY into it is cheap. It
 # lives as long as its connection; ON COMMIT DELETE ROWS empties it after each batch.
@@ -356,31 +360,7 @@ class PgEventStore:
         if not rows:
             return set()
         staged = _unique_by_event_id(rows)
-        records = [
-            (
-                r.event_id,
-                r.source,
-                r.funnel_stage,
-                r.event_type,
-                r.occurred_at,
-                r.received_at,
-                r.user_id,
-                r.country,
-                r.campaign_id,
-                r.purchase_amount,
-                r.correlation_id,
-                r.data,  # JSON text: asyncpg's binary jsonb codec takes str
-                r.revenue,
-                r.account_id,
-                r.age,
-                r.gender,
-                r.city,
-                r.followers,
-                r.device,
-                r.video_id,
-            )
-            for r in staged
-        ]
+        records = [astuple(r) for r in staged]  # fields in COLUMNS order (checked below)
         with _mapped(rows, staged):
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.copy_records_to_table(STAGING_TABLE, records=records, columns=COLUMNS)
