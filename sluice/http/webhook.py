@@ -7,7 +7,7 @@ a source share envelopes (group commit: `sluice.http._group_commit`).
 The work is done by `Ingest.handle`, which knows nothing of the web framework. Two
 front ends call it with the same contract (statuses, bodies, headers):
 
-- `WebhookFront`, a raw ASGI app that Hypercorn serves in front of Quart: it answers
+- `WebhookFront`, a raw ASGI app that the HTTP server serves in front of Quart: it answers
   the webhook routes itself and passes everything else to Quart. Quart's request and
   app contexts, hooks and Response objects cost ~200 us per request, as much as
   validating and publishing 100 events; this is what the production server runs.
@@ -415,7 +415,7 @@ class WebhookFront:
 
 
 def front(app: Any) -> Any:
-    """What Hypercorn should serve for `app`: the lean webhook in front when it takes events."""
+    """What the HTTP server should serve: the lean webhook in front when `app` takes events."""
     extensions = getattr(app, "extensions", None)
     if not isinstance(extensions, dict):
         return app
