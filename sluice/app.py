@@ -281,6 +281,7 @@ async def _pipeline(
                     clone(to_dedup_send),
                     batch=settings.fetch_batch,
                     fetch_timeout=settings.fetch_timeout,
+                    linger=settings.fetch_linger,
                     catch_up=settings.drain_timeout / 2 if catch_up else 0.0,
                 ),
             )

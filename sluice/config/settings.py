@@ -57,6 +57,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a non-negative number")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -149,6 +156,8 @@ class Settings:
     max_ack_pending: int = _env("SLUICE_MAX_ACK_PENDING", _positive_int, 1000)
     fetch_batch: int = _env("SLUICE_FETCH_BATCH", _positive_int, 64)
     fetch_timeout: float = _env("SLUICE_FETCH_TIMEOUT", _positive_float, 1.0)
+    # Pause after a fetch that brought less than half a batch (0: never pause).
+    fetch_linger: float = _env("SLUICE_FETCH_LINGER", _non_negative_float, 0.05)
 
     dedup_capacity: int = _env("SLUICE_DEDUP_CAPACITY", _positive_int, 200_000)
     writers: int = _env("SLUICE_WRITERS", _positive_int, 2)

@@ -107,3 +107,53 @@ def test_an_envelope_without_request_runs_uses_the_header_for_every_row() -> Non
     work = consumer_for(FakeSubscription(), None).decode(delivery)
     assert [r.correlation_id for r in work.rows] == ["c-1"] * 3
     assert work.correlation_ids == ("c-1",)
+
+
+def lingering_consumer(subscription: FakeSubscription, outbox, linger: float) -> Consumer:
+    async def subscribe(source: str) -> FakeSubscription:
+        return subscription
+
+    return Consumer("facebook", subscribe, outbox, batch=10, fetch_timeout=1.0, linger=linger)
+
+
+def deliveries(n: int) -> list[FakeDelivery]:
+    return [FakeDelivery(envelope_of(make_event("facebook"))) for _ in range(n)]
+
+
+@pytest.mark.trio
+async def test_a_thin_fetch_is_followed_by_a_pause_so_messages_gather(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    subscription = FakeSubscription()
+    subscription.put(*deliveries(1))
+    send, out = open_channel[Work](16)
+    async with out, run_actor(lingering_consumer(subscription, send, 0.5)) as handle:
+        await out.receive()
+        paused_at = trio.current_time()
+        subscription.put(*deliveries(3))  # arrive during the pause: one fetch takes them all
+        for _ in range(3):
+            await out.receive()
+        assert trio.current_time() - paused_at == pytest.approx(0.5)
+        assert subscription.fetches == 2
+        stopping_at = trio.current_time()
+        handle.stop()  # ends the pause that follows this thin fetch too
+        await handle.wait()
+        assert trio.current_time() == stopping_at
+
+
+@pytest.mark.trio
+async def test_a_fetch_of_half_a_batch_or_more_is_not_followed_by_a_pause(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    subscription = FakeSubscription()
+    subscription.put(*deliveries(5))  # batch 10: half of it
+    send, out = open_channel[Work](16)
+    async with out, run_actor(lingering_consumer(subscription, send, 0.5)) as handle:
+        for _ in range(5):
+            await out.receive()
+        started = trio.current_time()
+        subscription.put(*deliveries(1))
+        await out.receive()
+        assert trio.current_time() == started  # fetched at once, no pause
+        handle.stop()
+        await handle.wait()
