@@ -14,7 +14,7 @@ from sluice import envelope
 from sluice.config import Settings
 from sluice.http.app import HttpDeps, create_app
 from sluice.http.health import Health
-from sluice.http.webhook import WebhookFront, front
+from sluice.http.webhook import WebhookFront, correlation_id_from, front, new_correlation_id
 from sluice.metrics import Metrics
 from tests.factories import make_event
 from tests.fakes import FakeEventLog
@@ -302,3 +302,9 @@ async def test_a_backlog_over_the_limit_is_429_with_retry_after(kind: str) -> No
     assert response.headers["Retry-After"] == "1"
     assert "behind" in (await response.get_json())["error"]
     assert log.published == []
+
+
+def test_generated_correlation_ids_are_distinct_sane_tokens() -> None:
+    ids = [new_correlation_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(correlation_id_from(i) == i for i in ids)  # kept as given when sent back
