@@ -102,7 +102,8 @@ class EventLog(Protocol):
 
     @property
     def max_payload(self) -> int:
-        """The largest message the server accepts, in bytes."""
+        """The largest payload a message may carry, in bytes (room for the message's
+        headers already taken off the server's limit)."""
         ...
 
     def is_connected(self) -> bool: ...
@@ -139,6 +140,11 @@ class EventStore(Protocol):
 
 class LogUnavailable(Exception):
     """The event log (NATS) cannot take or give messages right now."""
+
+
+class LogClosed(LogUnavailable):
+    """The connection to the event log is closed for good (it will not reconnect by
+    itself): retrying on it is pointless, the process must start over."""
 
 
 class StoreUnavailable(Exception):

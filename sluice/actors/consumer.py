@@ -11,7 +11,7 @@ import anyio
 from sluice import envelope
 from sluice.actors.work import Work
 from sluice.engine import Actor
-from sluice.ports import DeadLetter, Delivery, LogUnavailable, Subscription
+from sluice.ports import DeadLetter, Delivery, LogClosed, LogUnavailable, Subscription
 from sluice.sources import InvalidEvent, parse_event
 
 if TYPE_CHECKING:
@@ -136,6 +136,8 @@ class Consumer(Actor):
                 if self._stopping:
                     return []
                 return list(await subscription.fetch(self._batch, self._fetch_timeout))
+            except LogClosed:
+                raise  # no retry can help: crash, and let the supervisor decide
             except LogUnavailable as exc:
                 log.warning("%s: %s; retrying", self.name, exc)
                 await anyio.sleep(self._retry_delay)

@@ -16,7 +16,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from sluice.ports import LogUnavailable, PublishAck
+from sluice.ports import LogClosed, LogUnavailable, PublishAck
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
@@ -63,15 +63,20 @@ class NatsDelivery:
 class NatsSubscription:
     """A durable pull consumer (one per source, shared by every worker process)."""
 
-    def __init__(self, sub: Any) -> None:
+    def __init__(self, sub: Any, nc: Any) -> None:
         self._sub = sub
+        self._nc = nc
 
     async def fetch(self, batch: int, timeout: float) -> Sequence[NatsDelivery]:
         try:
             msgs = await self._sub.fetch(batch, timeout=timeout)
         except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from _fetch_n when idle
             return []
-        except (nats.errors.ConnectionClosedError, nats.errors.Error) as exc:
+        except nats.errors.ConnectionClosedError as exc:
+            if self._nc.is_closed:
+                raise LogClosed(f"fetch failed, connection closed for good: {exc!r}") from exc
+            raise LogUnavailable(f"fetch failed: {exc!r}") from exc
+        except nats.errors.Error as exc:
             raise LogUnavailable(f"fetch failed: {exc!r}") from exc
         return [NatsDelivery(m) for m in msgs]
 
@@ -82,6 +87,11 @@ class NatsSubscription:
     async def close(self) -> None:
         with contextlib.suppress(nats.errors.Error):
             await self._sub.unsubscribe()
+
+
+# Bytes of a message's headers (X-Correlation-ID up to 128 characters, the event count,
+# Nats-Msg-Id) that max_payload leaves room for.
+HEADER_ROOM = 512
 
 
 class JetStreamBus:
@@ -145,7 +155,9 @@ class JetStreamBus:
 
     @property
     def max_payload(self) -> int:
-        return int(self._nc.max_payload)
+        """The server's limit less HEADER_ROOM: the server counts a message's headers
+        against max_payload, and closes the connection of a client that goes over."""
+        return int(self._nc.max_payload) - HEADER_ROOM
 
     def is_connected(self) -> bool:
         return bool(self._nc.is_connected)
@@ -168,6 +180,13 @@ class JetStreamBus:
         self, source: str, payload: bytes, *, msg_id: str, headers: Mapping[str, str]
     ) -> PublishAck:
         hdrs = {**headers, "Nats-Msg-Id": msg_id}
+        head = sum(len(k) + len(v) + 4 for k, v in hdrs.items()) + 12  # NATS/1.0, CRLFs
+        if head > HEADER_ROOM or len(payload) > self.max_payload:
+            # Sent anyway, it would cost the connection (the server closes it).
+            raise LogUnavailable(
+                f"message too large: {len(payload)} payload + {head} header bytes "
+                f"(limit {self._nc.max_payload})"
+            )
         try:
             ack = await self._js.publish(
                 self._settings.subject(source), payload, stream=self._settings.stream, headers=hdrs
@@ -229,7 +248,7 @@ class JetStreamBus:
             sub = await self._js.pull_subscribe_bind(durable=durable, stream=s.stream)
         except (nats.errors.Error, OSError) as exc:
             raise LogUnavailable(f"cannot open consumer {durable}: {exc!r}") from exc
-        return NatsSubscription(sub)
+        return NatsSubscription(sub, self._nc)
 
 
 def _backoff(ack_wait: float, max_deliver: int) -> list[float]:

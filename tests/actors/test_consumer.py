@@ -13,7 +13,7 @@ from sluice.actors.consumer import Consumer
 from sluice.actors.work import Work
 from sluice.engine import open_channel
 from sluice.engine.testing import run_actor
-from sluice.ports import LogUnavailable
+from sluice.ports import LogClosed, LogUnavailable
 from tests.factories import make_event
 from tests.fakes import FakeDelivery, FakeSubscription
 
@@ -84,6 +84,18 @@ async def test_keeps_fetching_after_nats_hiccups(autojump_clock: trio.testing.Mo
         handle.stop()
     assert len(work.rows) == 1
     assert subscription.fetches >= 3
+
+
+@pytest.mark.trio
+async def test_a_connection_closed_for_good_crashes_the_consumer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    subscription = FakeSubscription(fail_next=[LogClosed("closed for good")])
+    send, out = open_channel[Work](4)
+    async with out, send:
+        with pytest.raises(LogClosed):
+            await consumer_for(subscription, send).run()  # not retried: the supervisor decides
+    assert subscription.fetches == 1
 
 
 def test_rows_of_a_combined_envelope_carry_their_own_requests_correlation_ids() -> None:
