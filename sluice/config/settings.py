@@ -162,7 +162,7 @@ class Settings:
     dedup_capacity: int = _env("SLUICE_DEDUP_CAPACITY", _positive_int, 200_000)
     writers: int = _env("SLUICE_WRITERS", _positive_int, 2)
     flush_rows: int = _env("SLUICE_FLUSH_ROWS", _positive_int, 5000)
-    flush_interval: float = _env("SLUICE_FLUSH_INTERVAL", _positive_float, 0.2)
+    flush_interval: float = _env("SLUICE_FLUSH_INTERVAL", _positive_float, 0.1)
     channel_capacity: int = _env("SLUICE_CHANNEL_CAPACITY", _positive_int, 64)
 
     drain_timeout: float = _env("SLUICE_DRAIN_TIMEOUT", _positive_float, 30.0)

@@ -10,6 +10,10 @@ publishes everything then waiting as one envelope (split below max_payload). Eac
 request is answered after the ack of every message holding its events; a failed
 publish fails every request in it (503), and nothing of it is counted accepted.
 
+Group commit is for small requests (single events, short arrays): a request with
+SOLO_BYTES of events or more fills messages by itself, so it is published at once,
+alone, without waiting for a slot (waiting would only add latency to arrays).
+
 There is no task of its own: the requests are the publishers (leader/follower). A
 publish runs shielded from its leader's cancellation, under its own deadline, so a
 client gone away never strands the requests sharing its messages.
@@ -47,6 +51,8 @@ __all__ = ["CORRELATION_HEADER", "GroupCommit", "Outcome", "ServiceUnavailable"]
 log = logging.getLogger("sluice.webhook")
 
 CORRELATION_HEADER = "X-Correlation-ID"
+# Event bytes from which a request is published alone, at once (arrays of ~25+ events).
+SOLO_BYTES = 16 * 1024
 
 
 class ServiceUnavailable(Exception):
@@ -126,7 +132,8 @@ class GroupCommit:
     """Publishes requests' events per source, concurrent requests sharing messages.
 
     `inflight`: publishes at once per source. `max_bytes`: event bytes that may wait per
-    source (a request alone may be larger). `recent`: ids acked here lately.
+    source (a request alone may be larger). `recent`: ids acked here lately. Requests
+    of `solo_bytes` or more skip the lanes: published at once, each alone.
     """
 
     def __init__(
@@ -138,12 +145,14 @@ class GroupCommit:
         max_bytes: int,
         recent: RecentIds,
         publish_timeout: float,
+        solo_bytes: int = SOLO_BYTES,
     ) -> None:
         self._log = event_log
         self._metrics = metrics
         self._inflight = inflight
         self._max_bytes = max_bytes
         self._recent = recent
+        self._solo_bytes = solo_bytes
         self._wait_limit = publish_timeout
         # The edge times a publish out itself; this deadline is the backstop that keeps
         # a shielded publish from hanging a drain.
@@ -174,10 +183,12 @@ class GroupCommit:
         known = len(events) - len(fresh)
         if not fresh:
             return Outcome(0, known)
+        entry = _Entry(correlation_id, fresh, received_at)
+        if entry.size >= self._solo_bytes:
+            return await self._solo(source, entry, known)
         lane = self._lanes.get(source)
         if lane is None:
             lane = self._lanes[source] = _Lane()
-        entry = _Entry(correlation_id, fresh, received_at)
         await self._join(lane, entry)
         try:
             while True:
@@ -195,6 +206,16 @@ class GroupCommit:
         except BaseException:
             self._leave(lane, entry)
             raise
+        if entry.error is not None:
+            raise entry.error
+        return Outcome(entry.accepted, entry.duplicates + known)
+
+    async def _solo(self, source: str, entry: _Entry, known: int) -> Outcome:
+        """A request big enough to fill messages by itself is published at once, alone
+        (one message per request, as without group commit): waiting for a slot would
+        only add latency, and sharing would save next to nothing."""
+        with anyio.CancelScope(shield=True):
+            await self._publish(source, [entry])
         if entry.error is not None:
             raise entry.error
         return Outcome(entry.accepted, entry.duplicates + known)

@@ -113,6 +113,37 @@ async def test_a_lone_request_publishes_alone_as_one_envelope_per_request() -> N
 
 
 @pytest.mark.anyio
+async def test_a_big_request_is_published_at_once_alone_while_small_ones_wait() -> None:
+    log = FakeEventLog(hold=True)
+    metrics = Metrics()
+    commit = GroupCommit(
+        log,
+        metrics,
+        inflight=1,
+        max_bytes=1 << 20,
+        recent=RecentIds(1000),
+        publish_timeout=5.0,
+        solo_bytes=100,
+    )
+    big = [ev(f"b{i}") for i in range(10)]  # ~160 bytes of events
+    async with anyio.create_task_group() as tg:
+        requests = Requests(tg, commit)
+        await requests.start("0", ev("e0"))  # small: takes the slot
+        await requests.start("1", ev("e1"))  # small: waits for the slot
+        await requests.start("big", *big)  # big: does not wait
+        assert len(log.held) == 2  # e0's message and the big one, both in flight
+        log.held[1].set()
+        await anyio.wait_all_tasks_blocked()
+        assert list(requests.answers) == ["big"]
+        log.held[0].set()
+        await anyio.wait_all_tasks_blocked()
+        log.held[2].set()
+    assert requests.answers == {"0": Outcome(1, 0), "1": Outcome(1, 0), "big": Outcome(10, 0)}
+    assert published_ids(log) == [[e.event_id for e in big], ["e0"], ["e1"]]  # in ack order
+    assert accepted_total(metrics) == 12
+
+
+@pytest.mark.anyio
 async def test_concurrent_requests_share_a_message_each_answered_after_its_ack() -> None:
     log = FakeEventLog(hold=True)
     commit, metrics = make(log, inflight=1)
