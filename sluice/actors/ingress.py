@@ -51,8 +51,47 @@ class _HeadTooLarge(Exception):
     pass
 
 
+class _CoalescedWrites:
+    """The connection's transport, with the writes of one event-loop step sent together.
+
+    uvicorn writes a response's head and body separately, each a send() at once; this
+    joins them into one, saving a system call per response (~10 CPU-us of ~130 for a
+    small webhook request). What was written goes out when the step ends (`call_soon`),
+    or before a close; an abort drops it, as it drops the transport's own buffer.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _Protocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with a bound on the request head.
+    """uvicorn's httptools protocol, with a bound on the request head and one send()
+    per response (`_CoalescedWrites`).
 
     httptools buffers a header however long it is (llhttp has no limit of its own), so
     the head is counted twice, each count a lower bound of its true size: the URL and
@@ -64,6 +103,11 @@ class _Protocol(HttpToolsProtocol):
     _parsed = 0
     _read = 0
     _too_large = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        # Flow control and addresses keep the real transport; responses get the wrapper.
+        self.transport = _CoalescedWrites(self.transport)  # type: ignore[assignment]
 
     def on_message_begin(self) -> None:
         self._in_head = True

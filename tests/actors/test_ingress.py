@@ -19,7 +19,13 @@ import msgspec
 import pytest
 from anyio.abc import SocketStream
 
-from sluice.actors.ingress import MAX_HEAD_BYTES, Ingress, LifespanFailed, _Protocol
+from sluice.actors.ingress import (
+    MAX_HEAD_BYTES,
+    Ingress,
+    LifespanFailed,
+    _CoalescedWrites,
+    _Protocol,
+)
 from sluice.config import Settings
 from sluice.http.app import HttpDeps, create_app
 from sluice.http.health import Health
@@ -168,6 +174,69 @@ async def on_log(logger: str, prefix: str) -> AsyncIterator[anyio.Event]:
     finally:
         target.removeHandler(handler)
         target.setLevel(old_level)
+
+
+# --------------------------------------------------------------------------- one send per response
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", data))
+
+    def close(self) -> None:
+        self.calls.append(("close", b""))
+        self.closing = True
+
+    def abort(self) -> None:
+        self.calls.append(("abort", b""))
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+async def next_step() -> None:
+    await asyncio.sleep(0)  # lets the callbacks scheduled with call_soon run
+
+
+async def test_writes_of_one_step_go_out_as_one_write() -> None:
+    real = RecordingTransport()
+    writes = _CoalescedWrites(real)  # type: ignore[arg-type]
+    writes.write(b"HTTP/1.1 202 Accepted\r\n\r\n")
+    writes.write(b"{}")
+    assert real.calls == []
+    await next_step()
+    assert real.calls == [("write", b"HTTP/1.1 202 Accepted\r\n\r\n{}")]
+    writes.write(b"next")
+    await next_step()
+    await next_step()  # nothing more was scheduled
+    assert real.calls[1:] == [("write", b"next")]
+    assert writes.get_extra_info("peername") == "info:peername"  # the rest is the transport's
+
+
+async def test_close_sends_what_was_written_first_and_abort_drops_it() -> None:
+    real = RecordingTransport()
+    writes = _CoalescedWrites(real)  # type: ignore[arg-type]
+    writes.write(b"body")
+    writes.close()
+    assert real.calls == [("write", b"body"), ("close", b"")]
+    writes.write(b"after close")
+    await next_step()
+    assert real.calls == [("write", b"body"), ("close", b"")]  # a closed transport gets nothing
+
+    real = RecordingTransport()
+    writes = _CoalescedWrites(real)  # type: ignore[arg-type]
+    writes.write(b"lost")
+    writes.abort()
+    await next_step()
+    assert real.calls == [("abort", b"")]
 
 
 # --------------------------------------------------------------------------- serving
