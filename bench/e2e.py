@@ -77,7 +77,9 @@ SCENARIOS = {
     for s in [
         Scenario("array100", "arrays of 100, as fast as possible", total=600_000, concurrency=32),
         Scenario("array1000", "arrays of 1,000", batch=1000, total=600_000, concurrency=8),
-        Scenario("single", "one event per POST", batch=1, total=60_000, concurrency=32),
+        # 64 connections: with 32, each POST waits out JetStream's fsync (group commit),
+        # and ~1.4 of the 2 cores are used; 64 fill them (bench/README.md, session 3).
+        Scenario("single", "one event per POST", batch=1, total=60_000, concurrency=64),
         Scenario(
             "array100-worst",
             "arrays of 100, a new user and video on every event, timestamps over an hour",
@@ -118,7 +120,7 @@ SCENARIOS = {
             "one event per POST, NATS sync_interval default",
             batch=1,
             total=60_000,
-            concurrency=32,
+            concurrency=64,
             nats_sync="default",
         ),
     ]
