@@ -282,6 +282,7 @@ async def _pipeline(
                     batch=settings.fetch_batch,
                     fetch_timeout=settings.fetch_timeout,
                     linger=settings.fetch_linger,
+                    max_bytes=settings.fetch_max_bytes,
                     catch_up=settings.drain_timeout / 2 if catch_up else 0.0,
                 ),
             )

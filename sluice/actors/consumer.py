@@ -39,6 +39,11 @@ class Consumer(Actor):
     API round trip for one or two messages, which costs the worker and nats-server more
     than the messages do; the pause lets messages gather (adding at most `linger` to
     their latency). Under load fetches come back full and never pause.
+
+    With `max_bytes`, each fetch asks for at most `max_bytes` worth of messages at the
+    size recently seen (and at least one), so a batch of large envelopes cannot take
+    `batch` times their size; before any message is seen, it asks for one. A fetch is
+    "thin" (for `linger`) against the count it asked for. None: every fetch asks `batch`.
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class Consumer(Actor):
         retry_delay: float = 1.0,
         catch_up: float = 0.0,
         linger: float = 0.0,
+        max_bytes: int | None = None,
     ) -> None:
         self.name = f"consumer[{source}]"
         self.source = source
@@ -62,6 +68,8 @@ class Consumer(Actor):
         self._retry_delay = retry_delay
         self._catch_up = catch_up
         self._linger = linger
+        self._max_bytes = max_bytes
+        self._message_bytes: int | None = None  # None until a message is seen
         self._stopping = False
         self._fetch_scope: anyio.CancelScope | None = None
 
@@ -76,27 +84,53 @@ class Consumer(Actor):
         subscription = await self._subscribe(self.source)
         task_status.started()
         while not self._stopping:
-            deliveries = await self._fetch(subscription)
+            wanted = self._wanted()
+            deliveries = await self._fetch(subscription, wanted)
             await self._pass_on(deliveries)
-            if self._linger > 0 and 0 < len(deliveries) < self._batch // 2:
+            if self._linger > 0 and 0 < len(deliveries) < wanted // 2:
                 await self._pause(self._linger)
         if self._catch_up > 0:
             await self._take_what_is_left(subscription)
         await self._outbox.aclose()
 
+    def _wanted(self) -> int:
+        """How many messages the next fetch asks for."""
+        if self._max_bytes is None:
+            return self._batch
+        if self._message_bytes is None:
+            return 1
+        return max(1, min(self._batch, self._max_bytes // self._message_bytes))
+
+    def _observe(self, deliveries: Sequence[Delivery]) -> None:
+        if self._max_bytes is None or not deliveries:
+            return
+        largest = max(len(d.data) for d in deliveries)
+        # A decaying maximum, not an average: a larger message counts at once (the
+        # bound holds for mixed sizes), a smaller one takes over within a few fetches
+        # (halving: 1 MB to 1 KB in ten).
+        previous = largest if self._message_bytes is None else self._message_bytes // 2
+        self._message_bytes = max(1, largest, previous)
+
     async def _pass_on(self, deliveries: Sequence[Delivery]) -> None:
+        """Decode and send one message at a time (a fetch of large envelopes is not
+        held decoded all at once), then log the fetch."""
         if not deliveries:
             return
-        work = [self.decode(delivery) for delivery in deliveries]
+        self._observe(deliveries)
+        events = 0
+        correlation_ids: list[str] = []
+        for delivery in deliveries:
+            work = self.decode(delivery)
+            events += len(work.rows) + len(work.dead)
+            correlation_ids.extend(work.correlation_ids)
+            await self._outbox.send(work)
         log.info(
             "%s: fetched %d messages, %d events",
             self.name,
-            len(work),
-            sum(len(w.rows) + len(w.dead) for w in work),
-            extra={"correlation_ids": _distinct(c for w in work for c in w.correlation_ids)},
+            len(deliveries),
+            events,
+            extra={"correlation_ids": _distinct(correlation_ids)},
         )
-        for item in work:
-            await self._outbox.send(item)
 
     async def _take_what_is_left(self, subscription: Subscription) -> None:
         """On drain, when this process's own ingress has stopped: fetch what JetStream
@@ -108,7 +142,7 @@ class Consumer(Actor):
                 left, _ = await subscription.pending()
                 while left > 0:
                     deliveries = await subscription.fetch(
-                        min(self._batch, left), min(self._fetch_timeout, 0.5)
+                        min(self._wanted(), left), min(self._fetch_timeout, 0.5)
                     )
                     if not deliveries:
                         break
@@ -129,13 +163,13 @@ class Consumer(Actor):
             finally:
                 self._fetch_scope = None
 
-    async def _fetch(self, subscription: Subscription) -> list[Delivery]:
+    async def _fetch(self, subscription: Subscription, wanted: int) -> list[Delivery]:
         with anyio.CancelScope() as scope:
             self._fetch_scope = scope
             try:
                 if self._stopping:
                     return []
-                return list(await subscription.fetch(self._batch, self._fetch_timeout))
+                return list(await subscription.fetch(wanted, self._fetch_timeout))
             except LogClosed:
                 raise  # no retry can help: crash, and let the supervisor decide
             except LogUnavailable as exc:

@@ -158,6 +158,8 @@ class Settings:
     fetch_timeout: float = _env("SLUICE_FETCH_TIMEOUT", _positive_float, 1.0)
     # Pause after a fetch that brought less than half a batch (0: never pause).
     fetch_linger: float = _env("SLUICE_FETCH_LINGER", _non_negative_float, 0.05)
+    # Bytes of messages one fetch may bring (at the size recently seen; at least one).
+    fetch_max_bytes: int = _env("SLUICE_FETCH_MAX_BYTES", _positive_int, 8 * MiB)
 
     dedup_capacity: int = _env("SLUICE_DEDUP_CAPACITY", _positive_int, 200_000)
     writers: int = _env("SLUICE_WRITERS", _positive_int, 2)

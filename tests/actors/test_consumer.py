@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import msgspec
@@ -169,3 +171,146 @@ async def test_a_fetch_of_half_a_batch_or_more_is_not_followed_by_a_pause(
         assert trio.current_time() == started  # fetched at once, no pause
         handle.stop()
         await handle.wait()
+
+
+@dataclass
+class RecordingSubscription(FakeSubscription):
+    """Records each fetch's (batch, timeout)."""
+
+    asked: list[tuple[int, float]] = field(default_factory=list)
+
+    async def fetch(self, batch: int, timeout: float) -> Sequence[FakeDelivery]:
+        self.asked.append((batch, timeout))
+        return await super().fetch(batch, timeout)
+
+
+def bounded_consumer(
+    subscription: FakeSubscription, outbox, max_bytes: int, **options: float
+) -> Consumer:
+    async def subscribe(source: str) -> FakeSubscription:
+        return subscription
+
+    return Consumer(
+        "facebook", subscribe, outbox, batch=10, fetch_timeout=1.0, max_bytes=max_bytes, **options
+    )
+
+
+def size_of(deliveries: list[FakeDelivery]) -> int:
+    [size] = {len(d.data) for d in deliveries}
+    return size
+
+
+def alike(n: int, events: int = 1) -> list[FakeDelivery]:
+    """`n` messages of the same size: copies of one envelope of `events` events."""
+    payload = envelope_of(*(make_event("facebook") for _ in range(events)))
+    return [FakeDelivery(payload) for _ in range(n)]
+
+
+async def take(out, n: int) -> list[Work]:
+    return [await out.receive() for _ in range(n)]
+
+
+@pytest.mark.trio
+async def test_large_messages_make_smaller_fetches(autojump_clock: trio.testing.MockClock) -> None:
+    messages = alike(7)
+    subscription = RecordingSubscription()
+    subscription.put(*messages)
+    send, out = open_channel[Work](16)
+    consumer = bounded_consumer(subscription, send, max_bytes=3 * size_of(messages) + 1)
+    async with out, run_actor(consumer) as handle:
+        got = await take(out, 7)
+        handle.stop()
+    assert [w.delivery for w in got] == messages
+    # One first (the size is unknown yet), then as many as fit in the budget.
+    assert [batch for batch, _ in subscription.asked[:4]] == [1, 3, 3, 3]
+
+
+@pytest.mark.trio
+async def test_small_messages_keep_the_full_batch_after_the_first_fetch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    subscription = RecordingSubscription()
+    subscription.put(*alike(21))
+    send, out = open_channel[Work](32)
+    async with out, run_actor(bounded_consumer(subscription, send, 8 << 20)) as handle:
+        await take(out, 21)
+        handle.stop()
+    assert [batch for batch, _ in subscription.asked[:4]] == [1, 10, 10, 10]
+
+
+@pytest.mark.trio
+async def test_after_large_messages_small_ones_regain_the_full_batch_within_a_few_fetches(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    big = alike(2, events=20)
+    subscription = RecordingSubscription()
+    subscription.put(*big, *alike(30))
+    assert size_of(big) > 16 * size_of(subscription.queue[-1:])
+    send, out = open_channel[Work](64)
+    consumer = bounded_consumer(subscription, send, max_bytes=2 * size_of(big))
+    async with out, run_actor(consumer) as handle:
+        await take(out, 32)
+        handle.stop()
+    # 1 (size unknown), 2 (by the big one), 2 again (the other big one came with the
+    # first small one), then the estimate halves with each fetch of small ones.
+    assert [batch for batch, _ in subscription.asked[:6]] == [1, 2, 2, 4, 8, 10]
+
+
+@pytest.mark.trio
+async def test_a_message_larger_than_the_whole_budget_still_flows(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    messages = alike(3, events=20)
+    subscription = RecordingSubscription()
+    subscription.put(*messages)
+    send, out = open_channel[Work](16)
+    async with out, run_actor(bounded_consumer(subscription, send, max_bytes=100)) as handle:
+        got = await take(out, 3)
+        handle.stop()
+    assert [w.delivery for w in got] == messages
+    assert all(len(w.rows) == 20 for w in got)
+    assert {batch for batch, _ in subscription.asked} == {1}
+
+
+@pytest.mark.trio
+async def test_catch_up_fetches_are_bounded_by_bytes_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    messages = alike(6)
+    subscription = RecordingSubscription()
+    send, out = open_channel[Work](16)
+    consumer = bounded_consumer(subscription, send, 2 * size_of(messages), catch_up=5.0)
+    async with out, run_actor(consumer) as handle:
+        subscription.put(messages[0])
+        await out.receive()  # the size is known now; the next fetch waits for messages
+        subscription.put(*messages[1:])
+        handle.stop()  # with catch-up the fetch under way completes, then catch-up
+        await handle.wait()
+        assert [w.delivery async for w in out] == messages[1:]
+    assert subscription.asked[0] == (1, 1.0)
+    assert {asked for asked in subscription.asked[1:] if asked[1] == 1.0} == {(2, 1.0)}
+    # Catch-up fetches (timeout 0.5) ask for 2 too, not min(batch, pending) = 3.
+    assert [asked for asked in subscription.asked if asked[1] == 0.5] == [(2, 0.5), (1, 0.5)]
+
+
+@pytest.mark.trio
+async def test_a_full_fetch_bounded_by_bytes_is_not_followed_by_a_pause(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    messages = alike(9)
+    subscription = RecordingSubscription()
+    subscription.put(*messages)
+    send, out = open_channel[Work](16)
+    consumer = bounded_consumer(subscription, send, 4 * size_of(messages), linger=0.5)
+    async with out, run_actor(consumer) as handle:
+        await take(out, 9)
+        # Fetches of 4 (full, though under half the batch of 10): no pause.
+        assert trio.current_time() == 0
+        assert [batch for batch, _ in subscription.asked[:4]] == [1, 4, 4, 4]
+        subscription.put(*alike(1))  # a thin fetch (1 of 4 asked) still pauses
+        await out.receive()
+        paused_at = trio.current_time()
+        subscription.put(*alike(1))
+        await out.receive()
+        assert trio.current_time() - paused_at == pytest.approx(0.5)
+        handle.stop()

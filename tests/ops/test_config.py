@@ -159,3 +159,22 @@ def test_reuse_port_is_a_flag(raw: str, expected: bool) -> None:
 def test_a_bad_flag_is_reported() -> None:
     with pytest.raises(ConfigError, match="SLUICE_HTTP_REUSE_PORT='maybe': must be a boolean"):
         load_settings({"SLUICE_HTTP_REUSE_PORT": "maybe"})
+
+
+def test_fetch_max_bytes_defaults_to_8_mib_and_reads_the_environment() -> None:
+    assert load_settings({}).fetch_max_bytes == 8 * 1024 * 1024
+    assert load_settings({"SLUICE_FETCH_MAX_BYTES": "1048576"}).fetch_max_bytes == 1048576
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("0", "must be a positive integer"),
+        ("-5", "must be a positive integer"),
+        ("8MiB", "cannot parse '8MiB'"),
+    ],
+)
+def test_a_bad_fetch_max_bytes_is_reported(raw: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"SLUICE_FETCH_MAX_BYTES": raw})
+    assert caught.value.problems == [f"SLUICE_FETCH_MAX_BYTES={raw!r}: {reason}"]
