@@ -96,6 +96,13 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=r,
         )
+        self.publish_ack_seconds = Histogram(
+            "publish_ack_seconds",
+            "From a webhook's JetStream publish to its ack (nats-server stores and, with"
+            " sync_interval: always, fsyncs first); a 2xx waits for it",
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.batch_flush_seconds = Histogram(
             "batch_flush_seconds", "Time to commit one writer batch", buckets=_LATENCY, registry=r
         )

@@ -26,6 +26,7 @@ re-sent envelope the set has forgotten; the database's unique key stays the auth
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -357,9 +358,12 @@ class GroupCommit:
             EVENTS_HEADER: str(len(chunk.event_ids)),
         }
         with anyio.move_on_after(self._deadline):
-            return await self._log.publish(
+            started = time.perf_counter()
+            ack = await self._log.publish(
                 source, chunk.payload, msg_id=chunk.msg_id, headers=headers
             )
+            self._metrics.publish_ack_seconds.observe(time.perf_counter() - started)
+            return ack
         raise LogUnavailable(f"no publish ack within {self._deadline:g} s")
 
     def _acked(self, source: str, chunk: envelope.Chunk, duplicate: bool) -> None:

@@ -165,6 +165,7 @@ async def test_concurrent_requests_share_a_message_each_answered_after_its_ack()
     assert headers == {"X-Correlation-ID": "c-1", "Sluice-Events": "9"}
     assert log.calls == 2 and accepted_total(metrics) == 10
     assert metrics.registry.get_sample_value("envelope_requests_sum") == 10
+    assert metrics.registry.get_sample_value("publish_ack_seconds_count") == 2  # one per ack
 
 
 @pytest.mark.anyio

@@ -182,7 +182,7 @@ def exprs(panel: dict[str, Any]) -> list[str]:
 
 def test_dashboard_panels(dashboard: dict[str, Any]) -> None:
     panels = panels_by_title(dashboard)
-    assert len(panels) == len(dashboard["panels"]) == 7
+    assert len(panels) == len(dashboard["panels"]) == 8
     for title, metric in [
         ("Accepted events", "events_accepted_total"),
         ("Processed events", "events_processed_total"),
@@ -207,6 +207,12 @@ def test_dashboard_panels(dashboard: dict[str, Any]) -> None:
 
     assert any("consumer_pending_messages" in e for e in exprs(panels["Consumer lag"]))
     assert any("dead_letter_queue_size" in e for e in exprs(panels["DLQ size"]))
+    publish = exprs(panels["JetStream publish ack (p50, p99)"])
+    assert [e.split(",")[0] for e in publish] == [
+        "histogram_quantile(0.5",
+        "histogram_quantile(0.99",
+    ]
+    assert all("publish_ack_seconds_bucket" in e for e in publish)
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "prometheus"
 
