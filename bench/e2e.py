@@ -109,10 +109,26 @@ SCENARIOS = {
             concurrency=64,
         ),
         Scenario(
+            "overload1000",
+            "arrays of 1,000 offered at 2x capacity",
+            batch=1000,
+            rate_factor=2.0,
+            duration=30,
+            concurrency=16,
+        ),
+        Scenario(
             "array100-sync-default",
             "arrays of 100, NATS sync_interval default (not fsync per write)",
             total=600_000,
             concurrency=32,
+            nats_sync="default",
+        ),
+        Scenario(
+            "half-sync-default",
+            "half, NATS sync_interval default: how much of the latency tail is fsync",
+            rate_factor=0.5,
+            duration=30,
+            concurrency=16,
             nats_sync="default",
         ),
         Scenario(
