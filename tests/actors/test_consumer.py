@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import pytest
@@ -123,11 +124,15 @@ def test_an_envelope_without_request_runs_uses_the_header_for_every_row() -> Non
     assert work.correlation_ids == ("c-1",)
 
 
-def lingering_consumer(subscription: FakeSubscription, outbox, linger: float) -> Consumer:
+def batch_of_10_consumer(subscription: FakeSubscription, outbox, **options: Any) -> Consumer:
     async def subscribe(source: str) -> FakeSubscription:
         return subscription
 
-    return Consumer("facebook", subscribe, outbox, batch=10, fetch_timeout=1.0, linger=linger)
+    return Consumer("facebook", subscribe, outbox, batch=10, fetch_timeout=1.0, **options)
+
+
+def lingering_consumer(subscription: FakeSubscription, outbox, linger: float) -> Consumer:
+    return batch_of_10_consumer(subscription, outbox, linger=linger)
 
 
 def deliveries(n: int) -> list[FakeDelivery]:
@@ -187,12 +192,7 @@ class RecordingSubscription(FakeSubscription):
 def bounded_consumer(
     subscription: FakeSubscription, outbox, max_bytes: int, **options: float
 ) -> Consumer:
-    async def subscribe(source: str) -> FakeSubscription:
-        return subscription
-
-    return Consumer(
-        "facebook", subscribe, outbox, batch=10, fetch_timeout=1.0, max_bytes=max_bytes, **options
-    )
+    return batch_of_10_consumer(subscription, outbox, max_bytes=max_bytes, **options)
 
 
 def size_of(deliveries: list[FakeDelivery]) -> int:
