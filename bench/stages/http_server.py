@@ -154,7 +154,7 @@ async def _serve_ingress(app: Any, stop: asyncio.Event) -> None:
 def serve(name: str) -> None:
     import uvloop
 
-    from sluice.http.webhook import front
+    from sluice.http.front import front
 
     name, _, option = name.partition("+")
     if option == "log":  # as `sluice run` logs (one INFO line per request), to /dev/null

@@ -29,7 +29,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sluice.engine import Actor
-from sluice.http.webhook import front
+from sluice.http.front import front
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus

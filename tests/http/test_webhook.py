@@ -13,8 +13,9 @@ import pytest
 from sluice import envelope
 from sluice.config import Settings
 from sluice.http.app import HttpDeps, create_app
+from sluice.http.front import WebhookFront, front
 from sluice.http.health import Health
-from sluice.http.webhook import WebhookFront, correlation_id_from, front, new_correlation_id
+from sluice.http.webhook import correlation_id_from, new_correlation_id
 from sluice.metrics import Metrics
 from tests.factories import make_event
 from tests.fakes import FakeEventLog
