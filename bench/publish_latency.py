@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import asyncpg
 import nats
@@ -81,11 +82,19 @@ def main() -> None:
     p.add_argument("--size", type=int, default=70_000, help="bytes per message")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--rows", type=int, default=400_000, help="rows write_batch stores")
+    p.add_argument(
+        "--pg-setting", action="append", default=[], help="K=V for PostgreSQL (repeatable)"
+    )
     args = p.parse_args()
+    pg_settings = dict(kv.split("=", 1) for kv in args.pg_setting)
+
+    class Postgres(EmbeddedPostgres):
+        settings: ClassVar[dict[str, str]] = {**EmbeddedPostgres.settings, **pg_settings}
+
     with tempfile.TemporaryDirectory(prefix="sluice-latency-") as tmp:
         root = Path(tmp)
         nats_server = BenchNats(root / "nats", sync="always")
-        postgres = EmbeddedPostgres(root / "pg", port=0, database="sluice")
+        postgres = Postgres(root / "pg", port=0, database="sluice")
         url = nats_server.start()
         try:
             database_url = postgres.start()
