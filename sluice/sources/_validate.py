@@ -162,27 +162,29 @@ class Validator:
             _raise_if_nul(raw)
         fields = schema.row(event, engagement)
         amount = fields.purchase_amount
+        # Positional, in EventRow's field order: keywords cost ~1 us more per event, and
+        # this runs for every event a consumer decodes.
         return EventRow(
-            event_id=event.event_id,
-            source=schema.name,
-            funnel_stage=event.funnel_stage,
-            event_type=event.event_type,
-            occurred_at=_utc(event.timestamp),
-            received_at=received_at,
-            user_id=fields.user_id,
-            country=fields.country,
-            campaign_id=fields.campaign_id,
-            purchase_amount=amount,
-            correlation_id=correlation_id,
-            data=text,
-            revenue=amount if event.event_type in schema.revenue_types else None,
-            account_id=fields.account_id,
-            age=fields.age,
-            gender=fields.gender,
-            city=fields.city,
-            followers=fields.followers,
-            device=fields.device,
-            video_id=fields.video_id,
+            event.event_id,
+            schema.name,  # source
+            event.funnel_stage,
+            event.event_type,
+            _utc(event.timestamp),  # occurred_at
+            received_at,
+            fields.user_id,
+            fields.country,
+            fields.campaign_id,
+            amount,  # purchase_amount
+            correlation_id,
+            text,  # data
+            amount if event.event_type in schema.revenue_types else None,  # revenue
+            fields.account_id,
+            fields.age,
+            fields.gender,
+            fields.city,
+            fields.followers,
+            fields.device,
+            fields.video_id,
         )
 
     def _check(
