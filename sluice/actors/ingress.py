@@ -52,12 +52,15 @@ class _HeadTooLarge(Exception):
 
 
 class _CoalescedWrites:
-    """The connection's transport, with the writes of one event-loop step sent together.
+    """The connection's transport, with a response's head and body sent in one send().
 
-    uvicorn writes a response's head and body separately, each a send() at once; this
-    joins them into one, saving a system call per response (~10 CPU-us of ~130 for a
-    small webhook request). What was written goes out when the step ends (`call_soon`),
-    or before a close; an abort drops it, as it drops the transport's own buffer.
+    uvicorn writes a response's head and body separately, each a send() at once (and,
+    with TCP_NODELAY, a segment each); joined, a small webhook response costs ~30% less
+    server CPU and the client reads one segment. A write is held until the next one
+    (the body after the head), which sends both at once; a write that stays alone (100
+    Continue, a body-less response) goes out at the loop's next pass (`call_soon`), or
+    before a close, or when the peer half-closes (`_Protocol.eof_received`). An abort
+    drops it, as it drops the transport's own buffer.
     """
 
     def __init__(self, transport: asyncio.Transport) -> None:
@@ -66,11 +69,13 @@ class _CoalescedWrites:
         self._pending: list[bytes] = []
 
     def write(self, data: bytes) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
         self._pending.append(data)
+        if len(self._pending) > 1:
+            self.flush()  # not call_soon: that would queue it behind other requests' work
+        else:
+            self._loop.call_soon(self.flush)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if self._pending:
             data = b"".join(self._pending)
             self._pending.clear()
@@ -78,7 +83,7 @@ class _CoalescedWrites:
                 self._transport.write(data)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def abort(self) -> None:
@@ -108,6 +113,13 @@ class _Protocol(HttpToolsProtocol):
         super().connection_made(transport)  # type: ignore[arg-type]
         # Flow control and addresses keep the real transport; responses get the wrapper.
         self.transport = _CoalescedWrites(self.transport)  # type: ignore[assignment]
+
+    def eof_received(self) -> None:
+        # The transport closes itself after this (no keep-alive on a half-closed
+        # connection): what the response wrote must go out first.
+        if isinstance(self.transport, _CoalescedWrites):
+            self.transport.flush()
+        super().eof_received()
 
     def on_message_begin(self) -> None:
         self._in_head = True

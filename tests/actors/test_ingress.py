@@ -206,19 +206,45 @@ async def next_step() -> None:
     await asyncio.sleep(0)  # lets the callbacks scheduled with call_soon run
 
 
-async def test_writes_of_one_step_go_out_as_one_write() -> None:
+async def test_a_head_and_its_body_go_out_as_one_write_and_a_lone_write_next_pass() -> None:
     real = RecordingTransport()
     writes = _CoalescedWrites(real)  # type: ignore[arg-type]
     writes.write(b"HTTP/1.1 202 Accepted\r\n\r\n")
-    writes.write(b"{}")
     assert real.calls == []
+    writes.write(b"{}")
+    assert real.calls == [("write", b"HTTP/1.1 202 Accepted\r\n\r\n{}")]  # at once
+    writes.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert len(real.calls) == 1
     await next_step()
-    assert real.calls == [("write", b"HTTP/1.1 202 Accepted\r\n\r\n{}")]
-    writes.write(b"next")
-    await next_step()
-    await next_step()  # nothing more was scheduled
-    assert real.calls[1:] == [("write", b"next")]
+    assert real.calls[1:] == [("write", b"HTTP/1.1 100 Continue\r\n\r\n")]
+    await next_step()  # the first write's scheduled flush found nothing left
+    assert len(real.calls) == 2
     assert writes.get_extra_info("peername") == "info:peername"  # the rest is the transport's
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "status"),
+    [("/webhook/nosuchsource", b"application/json", 404), ("/webhook", b"text/plain", 415)],
+)
+async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(
+    path: str, content_type: bytes, status: int
+) -> None:
+    body = event_body(1)
+    request = (
+        b"POST %s HTTP/1.1\r\nhost: test\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+        % (path.encode(), content_type, len(body), body)
+    )
+    async with serving(sluice_app()) as ingress, await connect(ingress) as stream:
+        await stream.send(request)
+        await stream.send_eof()  # shutdown(SHUT_WR): the server sees EOF with the request
+        answer = b""
+        with anyio.fail_after(5):
+            while True:
+                try:
+                    answer += await stream.receive()
+                except anyio.EndOfStream:
+                    break
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:100]
 
 
 async def test_close_sends_what_was_written_first_and_abort_drops_it() -> None:
