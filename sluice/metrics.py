@@ -99,7 +99,7 @@ class Metrics:
         self.publish_ack_seconds = Histogram(
             "publish_ack_seconds",
             "From a webhook's JetStream publish to its ack (nats-server stores and, with"
-            " sync_interval: always, fsyncs first); a 2xx waits for it",
+            " sync_interval: always, fsyncs first), or to its failure; a 2xx waits for it",
             buckets=_LATENCY,
             registry=r,
         )

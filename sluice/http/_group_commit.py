@@ -357,13 +357,15 @@ class GroupCommit:
             CORRELATION_HEADER: chunk.correlation_id or first,
             EVENTS_HEADER: str(len(chunk.event_ids)),
         }
-        with anyio.move_on_after(self._deadline):
-            started = time.perf_counter()
-            ack = await self._log.publish(
-                source, chunk.payload, msg_id=chunk.msg_id, headers=headers
-            )
+        started = time.perf_counter()
+        try:
+            with anyio.move_on_after(self._deadline):
+                return await self._log.publish(
+                    source, chunk.payload, msg_id=chunk.msg_id, headers=headers
+                )
+        finally:
+            # Failed and timed-out publishes too: a stall must show in the tail.
             self._metrics.publish_ack_seconds.observe(time.perf_counter() - started)
-            return ack
         raise LogUnavailable(f"no publish ack within {self._deadline:g} s")
 
     def _acked(self, source: str, chunk: envelope.Chunk, duplicate: bool) -> None:

@@ -224,6 +224,7 @@ async def test_a_failed_publish_fails_every_request_in_it_and_counts_nothing() -
         answer = requests.answers[name]
         assert isinstance(answer, ServiceUnavailable) and "timeout" in str(answer)
     assert accepted_total(metrics) == 1
+    assert metrics.registry.get_sample_value("publish_ack_seconds_count") == 2  # failed too
     log.hold = False  # nothing of b was remembered: sent again, it is published again
     again = await commit.submit("facebook", [ev("e-b")], correlation_id="c", received_at=NOW)
     assert again == Outcome(1, 0) and published_ids(log) == [["e-a"], ["e-b"]]
@@ -386,6 +387,7 @@ async def test_over_the_bound_too_long_is_503_and_a_hung_publish_times_out(
     assert isinstance(a, ServiceUnavailable) and "no publish ack" in str(a)
     assert isinstance(b, ServiceUnavailable)
     assert accepted_total(metrics) == 0 and log.calls == 2
+    assert metrics.registry.get_sample_value("publish_ack_seconds_count") == 2  # timed out too
 
 
 @pytest.mark.anyio
