@@ -41,9 +41,11 @@ class Consumer(Actor):
     their latency). Under load fetches come back full and never pause.
 
     With `max_bytes`, each fetch asks for at most `max_bytes` worth of messages at the
-    size recently seen (and at least one), so a batch of large envelopes cannot take
-    `batch` times their size; before any message is seen, it asks for one. A fetch is
-    "thin" (for `linger`) against the count it asked for. None: every fetch asks `batch`.
+    size recently seen (and at least one), so a run of large envelopes is not fetched
+    `batch` at a time; before any message is seen, it asks for one. It is an estimate,
+    not a cap: the first fetch after small messages turn large can bring up to `batch`
+    of them (nats-py's fetch cannot pass JetStream's own byte limit). A fetch is "thin"
+    (for `linger`) against the count it asked for. None: every fetch asks `batch`.
     """
 
     def __init__(
@@ -105,9 +107,9 @@ class Consumer(Actor):
         if self._max_bytes is None or not deliveries:
             return
         largest = max(len(d.data) for d in deliveries)
-        # A decaying maximum, not an average: a larger message counts at once (the
-        # bound holds for mixed sizes), a smaller one takes over within a few fetches
-        # (halving: 1 MB to 1 KB in ten).
+        # A decaying maximum, not an average: a larger message counts at once (mixed
+        # sizes are budgeted at the largest), a smaller one takes over within a few
+        # fetches (halving: 1 MB to 1 KB in ten).
         previous = largest if self._message_bytes is None else self._message_bytes // 2
         self._message_bytes = max(1, largest, previous)
 
