@@ -136,8 +136,10 @@ class Settings:
     max_inflight_publishes: int = _env("SLUICE_MAX_INFLIGHT_PUBLISHES", _positive_int, 256)
     publish_timeout: float = _env("SLUICE_PUBLISH_TIMEOUT", _positive_float, 5.0)
     retry_after_seconds: int = _env("SLUICE_RETRY_AFTER", _positive_int, 1)
-    # 429 while more than this many messages wait in the consumers (0: never).
+    # 429 while more than this many messages wait in the consumers (0: never), or about
+    # this many events (the messages times the events per message this process publishes).
     max_backlog: int = _env("SLUICE_MAX_BACKLOG", _non_negative_int, 2000)
+    max_backlog_events: int = _env("SLUICE_MAX_BACKLOG_EVENTS", _non_negative_int, 200_000)
     # Group commit: JetStream publishes in flight per source (1: fewest fsyncs, measured
     # fastest with sync_interval always); requests arriving meanwhile share the next
     # message, up to this many bytes of events waiting per source.

@@ -160,6 +160,8 @@ class GroupCommit:
         self._deadline = publish_timeout + 1.0
         self._lanes: dict[str, _Lane] = {}
         self._accepted: dict[str, Counter] = {}
+        self.events_per_message: float | None = None
+        """Events per message this process published, a moving average (None: none yet)."""
 
     async def submit(
         self,
@@ -372,6 +374,8 @@ class GroupCommit:
         # Durable now (new, or JetStream had it): safe to answer re-sends as duplicates.
         self._recent.add_all(chunk.event_ids)
         count = len(chunk.event_ids)
+        mean = self.events_per_message
+        self.events_per_message = count if mean is None else mean + (count - mean) / 32
         metrics = self._metrics
         metrics.envelope_events.observe(count)
         metrics.envelope_requests.observe(chunk.requests)

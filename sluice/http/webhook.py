@@ -95,11 +95,22 @@ class Ingest:
                 {"error": "shutting down: send to another instance or retry"},
                 self._retry_headers(),
             )
-        limit = self.settings.max_backlog
-        if self._probe is not None and limit and self._backlog > limit:
+        if self._probe is None or not self._backlog:
+            return None
+        messages = self._backlog
+        # The probe counts messages; a message holds 1 event or 1,000 (arrays, group
+        # commit), so the events gate estimates from what this process publishes.
+        events = round(messages * (self.group_commit.events_per_message or 1))
+        limits = self.settings
+        if (limits.max_backlog and messages > limits.max_backlog) or (
+            limits.max_backlog_events and events > limits.max_backlog_events
+        ):
             return Answer(
                 429,
-                {"error": f"behind on writing ({self._backlog} messages waiting); retry later"},
+                {
+                    "error": f"behind on writing ({messages} messages, ~{events} events"
+                    " waiting); retry later"
+                },
                 self._retry_headers(),
             )
         return None

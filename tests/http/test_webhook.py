@@ -305,6 +305,27 @@ async def test_a_backlog_over_the_limit_is_429_with_retry_after(kind: str) -> No
     assert log.published == []
 
 
+@pytest.mark.parametrize("kind", ["quart", "lean"])
+async def test_the_backlog_is_also_bounded_in_events_at_this_process_s_events_per_message(
+    kind: str,
+) -> None:
+    log = BackloggedLog(waiting=300)  # far below max_backlog's 2,000 messages
+    settings = Settings(max_backlog=2000, max_backlog_events=200_000)
+    app = create_app(HttpDeps(settings, Metrics(), Health(), event_log=log))
+    client: Any = app.test_client() if kind == "quart" else LeanClient(app)
+    # Events per message unknown yet: 300 messages count as 300 events.
+    big = [make_event() for _ in range(1000)]
+    response = await post(client, big)
+    assert response.status_code == 202 and len(log.published) == 1  # one message of 1,000
+    # Now 300 messages are ~300,000 events: over the events limit.
+    response = await post(client, [make_event()])
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "1"
+    error = (await response.get_json())["error"]
+    assert "300 messages" in error and "~300000 events" in error
+    assert len(log.published) == 1
+
+
 def test_generated_correlation_ids_are_distinct_sane_tokens() -> None:
     ids = [new_correlation_id() for _ in range(1000)]
     assert len(set(ids)) == 1000
