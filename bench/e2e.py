@@ -466,7 +466,11 @@ def run_scenario(
         f"== {scenario.name} [{topology.label()}]: {scenario.about}"
         + (f" ({rate:,.0f} events/s)" if rate else "")
     )
+    spy = Path(sys.executable).parent / "py-spy"
+    if profile and not spy.exists():
+        raise SystemExit(f"--profile needs py-spy: {spy.parent / 'pip'} install py-spy")
     sampler: Sampler | None = None
+    publisher: subprocess.Popen[str] | None = None
     try:
         publisher = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert servers.postgres.pid is not None and servers.nats.pid is not None
@@ -486,7 +490,7 @@ def run_scenario(
             out_path = work / f"{scenario.name}.{proc.log_path.stem.split('.')[-1]}.pyspy.txt"
             profiler = subprocess.Popen(
                 [
-                    str(Path(sys.executable).parent / "py-spy"),
+                    str(spy),
                     "record",
                     "--format",
                     "raw",
@@ -515,6 +519,9 @@ def run_scenario(
             print(f"   py-spy profile: {out_path}")
         facts = asyncio.run(stored_facts(servers.database_url))
     finally:
+        if publisher is not None and publisher.poll() is None:
+            publisher.kill()  # the run failed: leave no load client behind
+            publisher.wait()
         if sampler is not None:
             sampler.stop()
         exit_code = sluice.stop()
