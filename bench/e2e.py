@@ -412,6 +412,9 @@ def wait_stored(sluice: Sluice, expected: int) -> int:
         time.sleep(0.05)
 
 
+PY_SPY = Path(sys.executable).parent / "py-spy"
+
+
 def run_scenario(
     scenario: Scenario,
     servers: Servers,
@@ -466,9 +469,6 @@ def run_scenario(
         f"== {scenario.name} [{topology.label()}]: {scenario.about}"
         + (f" ({rate:,.0f} events/s)" if rate else "")
     )
-    spy = Path(sys.executable).parent / "py-spy"
-    if profile and not spy.exists():
-        raise SystemExit(f"--profile needs py-spy: {spy.parent / 'pip'} install py-spy")
     sampler: Sampler | None = None
     publisher: subprocess.Popen[str] | None = None
     try:
@@ -490,7 +490,7 @@ def run_scenario(
             out_path = work / f"{scenario.name}.{proc.log_path.stem.split('.')[-1]}.pyspy.txt"
             profiler = subprocess.Popen(
                 [
-                    str(spy),
+                    str(PY_SPY),
                     "record",
                     "--format",
                     "raw",
@@ -634,6 +634,8 @@ def main() -> None:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(unknown)}")
+    if args.profile and not PY_SPY.exists():
+        parser.error(f"--profile needs py-spy: {PY_SPY.parent / 'pip'} install py-spy")
     extra_env = dict(item.split("=", 1) for item in args.env)
     facts = machine()
     print(f"machine: {facts['cpu']}, {facts['cores']} cores; {facts['versions']}")
