@@ -46,6 +46,7 @@ log = logging.getLogger("sluice.ingress")
 KEEP_ALIVE_TIMEOUT = 75  # seconds an idle keep-alive connection stays open
 MAX_HEAD_BYTES = 16 * 1024  # request line + headers (431 over it)
 READ_TIMEOUT = 60  # seconds a connection may go without sending anything mid-request
+STOP_MARGIN = 1.0  # seconds of the drain's deadline the HTTP server leaves unused
 
 
 _HEAD_TOO_LARGE = b'{"error":"request head too large (limit %d bytes)"}' % MAX_HEAD_BYTES
@@ -270,7 +271,10 @@ class Ingress(Actor):
 
     def _begin_graceful_stop(self, config: Config) -> None:
         # Read by Hypercorn once the trigger fires: in-flight requests get this long.
-        config.graceful_timeout = min(self._graceful_timeout, self._deadline.remaining())
+        # A second short of the drain's deadline: requests still hanging then are cut,
+        # and the drain ends clean rather than forced.
+        left = max(0.0, self._deadline.remaining() - STOP_MARGIN)
+        config.graceful_timeout = min(self._graceful_timeout, left)
         log.info(
             "%s: stopping: finishing requests in flight (at most %.1f s)",
             self.name,
