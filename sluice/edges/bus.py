@@ -59,6 +59,9 @@ class NatsDelivery:
     async def term(self) -> None:
         await self._msg.term()
 
+    async def in_progress(self) -> None:
+        await self._msg.in_progress()
+
 
 class NatsSubscription:
     """A durable pull consumer (one per source, shared by every worker process)."""
