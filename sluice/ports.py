@@ -16,6 +16,7 @@ import msgspec
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from contextlib import AbstractAsyncContextManager
 
 
 class EventRow(msgspec.Struct, frozen=True, gc=False):
@@ -50,12 +51,19 @@ class EventRow(msgspec.Struct, frozen=True, gc=False):
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A payload that can never be stored, and why."""
+    """A payload that can never be stored, and why.
+
+    `payload` is the raw event, or the whole JetStream message when a message is
+    dead-lettered whole; the store keys a letter by its source and payload, so the same
+    payload refused again updates its letter instead of adding one.
+    """
 
     source: str
     reason: str
     payload: bytes
     attempts: int
+    event_id: str | None = None
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +93,9 @@ class Delivery(Protocol):
 
     async def term(self) -> None:
         """Never redeliver (the message was dead-lettered)."""
+
+    async def in_progress(self) -> None:
+        """Still being worked on: restart JetStream's ack_wait timer (no redelivery)."""
 
 
 class EventLog(Protocol):
@@ -121,15 +132,39 @@ class Subscription(Protocol):
         ...
 
 
+class StoreTransaction(Protocol):
+    """One open transaction, in which a batch is split to find the rows refused."""
+
+    async def insert(self, rows: Sequence[EventRow]) -> set[str]:
+        """Store `rows` (all or none of them); return the event ids that were new.
+
+        Raises `RowsRejected` when the database refuses the data itself: the rows are
+        not stored and the transaction stays usable. `StoreUnavailable` ends it.
+        """
+        ...
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        """Record letters (once per source and payload) in this transaction."""
+
+
 class EventStore(Protocol):
     """The PostgreSQL side: the authority on what is stored."""
 
-    async def write_batch(self, rows: Sequence[EventRow]) -> set[str]:
-        """Store `rows` in one transaction; return the event ids that were new.
+    async def write_batch(
+        self, rows: Sequence[EventRow], letters: Sequence[DeadLetter] = ()
+    ) -> set[str]:
+        """Store `rows` and `letters` in one transaction; return the event ids that
+        were new.
 
-        Raises `StoreUnavailable` for connection-level faults (retry later) and
-        `RowsRejected` when the database refuses the data itself.
+        Raises `StoreUnavailable` when the store cannot be used right now (connection
+        lost, shutdown, overload, serialization failure, lock or statement timeout:
+        retry later, nothing was stored) and `RowsRejected` when the database refuses
+        the data itself (nothing was stored either).
         """
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]:
+        """Open a transaction, committed when the block ends without an exception."""
         ...
 
     async def dead_letter(self, letters: Sequence[DeadLetter]) -> None: ...

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import anyio
 
+from sluice.edges.store import map_errors
 from sluice.ports import (
     DeadLetter,
     EventRow,
     LogUnavailable,
     PublishAck,
     RowsRejected,
-    StoreUnavailable,
 )
 
 
@@ -29,6 +30,7 @@ class FakeDelivery:
     acked: bool = False
     naks: list[float | None] = field(default_factory=list)
     termed: bool = False
+    progress: int = 0  # in_progress() calls
     committed_when_acked: frozenset[str] | None = None
     store: FakeStore | None = None
 
@@ -44,35 +46,87 @@ class FakeDelivery:
     async def term(self) -> None:
         self.termed = True
 
+    async def in_progress(self) -> None:
+        self.progress += 1
+
 
 @dataclass
 class FakeStore:
-    """An in-memory EventStore; `fail_next` queues exceptions for the next writes."""
+    """An in-memory EventStore that fails as the real one does.
+
+    `fail_next` queues exceptions for the next writes: asyncpg's own (e.g.
+    `asyncpg.ConnectionDoesNotExistError()`) are mapped as PgEventStore maps them.
+    `poison` maps event ids to what asyncpg raises when that row is written (e.g.
+    `OverflowError("value out of int32 range")`): a write holding one is refused whole.
+    """
 
     stored: dict[str, EventRow] = field(default_factory=dict)
     batches: list[list[str]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
-    fail_next: list[Exception] = field(default_factory=list)
-    poison: set[str] = field(default_factory=set)  # event ids the "database" refuses
+    fail_next: list[BaseException] = field(default_factory=list)
+    poison: dict[str, BaseException] = field(default_factory=dict)
+    inserts: int = 0  # statements tried, refused ones included
+    transactions: int = 0
 
-    async def write_batch(self, rows: Sequence[EventRow]) -> set[str]:
+    async def write_batch(
+        self, rows: Sequence[EventRow], letters: Sequence[DeadLetter] = ()
+    ) -> set[str]:
+        async with self.transaction() as tx:
+            new = await tx.insert(rows)
+            await tx.dead_letter(letters)
+        return new
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[FakeTransaction]:
         await anyio.lowlevel.checkpoint()
-        if self.fail_next:
-            raise self.fail_next.pop(0)
-        if any(row.event_id in self.poison for row in rows):
-            raise RowsRejected("invalid input syntax", rows)
-        self.batches.append([row.event_id for row in rows])
-        new = {row.event_id for row in rows if row.event_id not in self.stored}
-        for row in rows:
+        self.transactions += 1
+        with map_errors(rows=()):
+            if self.fail_next:
+                raise self.fail_next.pop(0)
+        tx = FakeTransaction(self)
+        yield tx
+        for ids in tx.batches:  # the commit
+            self.batches.append(ids)
+        for row in tx.rows:
             self.stored.setdefault(row.event_id, row)
+        for letter in tx.letters:  # one letter per source and payload, as the real key
+            key = (letter.source, letter.payload)
+            self.dead = [d for d in self.dead if (d.source, d.payload) != key] + [letter]
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        await self.write_batch((), letters)
+
+    async def ping(self) -> None:
+        with map_errors():
+            if self.fail_next and not isinstance(self.fail_next[0], RowsRejected):
+                raise self.fail_next[0]
+
+
+@dataclass
+class FakeTransaction:
+    store: FakeStore
+    rows: list[EventRow] = field(default_factory=list)
+    batches: list[list[str]] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
+
+    async def insert(self, rows: Sequence[EventRow]) -> set[str]:
+        await anyio.lowlevel.checkpoint()
+        if not rows:
+            return set()
+        self.store.inserts += 1
+        with map_errors(rows):
+            for row in rows:
+                if row.event_id in self.store.poison:
+                    raise self.store.poison[row.event_id]
+        seen = set(self.store.stored) | {r.event_id for r in self.rows}
+        new = {row.event_id for row in rows if row.event_id not in seen}
+        self.rows.extend(rows)
+        self.batches.append([row.event_id for row in rows])
         return new
 
     async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
-        self.dead.extend(letters)
-
-    async def ping(self) -> None:
-        if self.fail_next and isinstance(self.fail_next[0], StoreUnavailable):
-            raise self.fail_next[0]
+        await anyio.lowlevel.checkpoint()
+        self.letters.extend(letters)
 
 
 @dataclass

@@ -1,24 +1,43 @@
 """batch writer: stores rows in one transaction per batch, then acks their messages.
 
 A batch closes at `flush_rows` rows or `flush_interval` seconds after its first item.
-Nothing is acked before its commit; a store outage naks the batch and crashes the
-writer, so the supervisor restarts it with backoff and JetStream redelivers.
+Nothing is acked before its commit.
+
+- Rows the database refuses (a data fault: any error but "the store is unavailable")
+  are found by splitting the batch in halves inside one transaction (each try in a
+  savepoint); the rest is stored and each refused row dead-lettered in that same
+  transaction, then every message is acked.
+- An unavailable or slow store is waited for: the writer keeps its batch and retries
+  with a capped backoff (no nak), tells JetStream every `progress_interval` that the
+  messages are still in progress, and takes nothing from its inbox meanwhile, so the
+  bounded channels stop the consumers.
+- A message on its last allowed delivery that still cannot be stored for any other
+  reason (the writer crashes on it) is dead-lettered whole and terminated.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
 
 from sluice.engine import Actor, DrainDeadline
-from sluice.ports import DeadLetter, EventStore, RowsRejected, StoreUnavailable
+from sluice.ports import (
+    DeadLetter,
+    EventRow,
+    EventStore,
+    RowsRejected,
+    StoreTransaction,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator
 
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -28,7 +47,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sluice.writer")
 
-FLUSH_DEADLINE = 60.0  # a commit that takes longer is abandoned unacked (redelivered)
+FLUSH_DEADLINE = 60.0  # one try that takes longer is abandoned, then tried again
+
+
+@dataclass
+class Outcome:
+    """What one flush stored: the new ids, and the rows refused with their letters."""
+
+    new_ids: set[str] = field(default_factory=set)
+    refused: dict[str, DeadLetter] = field(default_factory=dict)  # by event_id
 
 
 class BatchWriter(Actor):
@@ -42,9 +69,15 @@ class BatchWriter(Actor):
         flush_interval: float,
         metrics: Metrics,
         name: str = "writer",
-        retry_delay: float = 1.0,
+        retry_delay: float = 0.5,
+        retry_max: float = 5.0,
+        progress_interval: float = 10.0,
+        max_deliver: int = 0,
         deadline: DrainDeadline | None = None,
     ) -> None:
+        """`retry_delay` doubles up to `retry_max` between tries while the store is
+        unavailable; `progress_interval` should be well under JetStream's ack_wait;
+        `max_deliver` (0: unknown) tells a message's last delivery."""
         self.name = name
         self._inbox = inbox
         self._store = store
@@ -53,6 +86,9 @@ class BatchWriter(Actor):
         self._flush_interval = flush_interval
         self._metrics = metrics
         self._retry_delay = retry_delay
+        self._retry_max = retry_max
+        self._progress_interval = progress_interval
+        self._max_deliver = max_deliver
         self._deadline = deadline if deadline is not None else DrainDeadline()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -60,10 +96,11 @@ class BatchWriter(Actor):
         while True:
             batch, ended = await self._collect()
             if batch:
-                # A commit and its acks are not cut by an ordinary cancel; the drain's
-                # deadline and a forced stop cut them (unacked: redelivered).
-                with self._deadline.shield(FLUSH_DEADLINE):
+                try:
                     await self._flush(batch)
+                except Exception as exc:
+                    await self._term_last_deliveries(batch, exc)
+                    raise
             if ended:
                 break
         await self._inbox.aclose()
@@ -89,68 +126,167 @@ class BatchWriter(Actor):
         return batch, False
 
     async def _flush(self, batch: list[Work]) -> None:
+        """Store the batch, waiting out an unavailable store, then ack its messages."""
+        started = time.perf_counter()
+        async with self._signalling_progress(batch):
+            outcome = await self._store_patiently(batch)
+            # The acks are not cut by an ordinary cancel either (see _try_store).
+            with self._deadline.shield(FLUSH_DEADLINE):
+                for work in batch:
+                    await work.delivery.ack()
+        self._account(batch, outcome, time.perf_counter() - started)
+
+    async def _store_patiently(self, batch: list[Work]) -> Outcome:
+        delay = self._retry_delay
+        failed_since: float | None = None
+        while True:
+            try:
+                outcome = await self._try_store(batch)
+            except (StoreUnavailable, TimeoutError) as exc:
+                if failed_since is None:
+                    failed_since = anyio.current_time()
+                    rows = sum(len(work.rows) for work in batch)
+                    for work in batch:
+                        self._metrics.events_failed.labels(work.source, "store_unavailable").inc(
+                            len(work.rows)
+                        )
+                    log.error(
+                        "store unavailable, holding %d messages (%d rows), retrying: %s",
+                        len(batch),
+                        rows,
+                        exc,
+                    )
+                else:
+                    log.warning("store still unavailable, retry in %.1f s: %s", delay, exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            if failed_since is not None:
+                log.info("store back after %.1f s", anyio.current_time() - failed_since)
+            return outcome
+
+    async def _try_store(self, batch: list[Work]) -> Outcome:
+        """One try. A commit is not cut by an ordinary cancel; the drain's deadline and
+        a forced stop cut it (unacked: redelivered)."""
+        with self._deadline.shield(FLUSH_DEADLINE) as scope:
+            outcome = await self._write(batch)
+        if scope.cancelled_caught:
+            raise TimeoutError(f"a try took over {FLUSH_DEADLINE:g} s or the drain ended")
+        return outcome
+
+    async def _write(self, batch: list[Work]) -> Outcome:
         rows = [row for work in batch for row in work.rows]
         dead = [letter for work in batch for letter in work.dead]
-        rejected: set[str] = set()
-        started = time.perf_counter()
         try:
-            with anyio.fail_after(FLUSH_DEADLINE):
-                try:
-                    new_ids = await self._store.write_batch(rows) if rows else set()
-                except RowsRejected:
-                    new_ids, refused = await self._write_apart(batch)
-                    dead.extend(letter for _, letter in refused)
-                    rejected = {event_id for event_id, _ in refused}
-                if dead:
-                    await self._store.dead_letter(dead)
-        except (StoreUnavailable, TimeoutError) as exc:
-            await self._give_back(batch, exc)
-            raise
-        for work in batch:
-            await work.delivery.ack()
-        self._account(batch, new_ids, rejected, time.perf_counter() - started)
+            return Outcome(await self._store.write_batch(rows, dead))
+        except RowsRejected:
+            pass
+        # Some rows (or a letter) are refused: find them, in one transaction.
+        owners = {id(row): work for work in batch for row in work.rows}
+        outcome = Outcome()
+        async with self._store.transaction() as tx:
+            await self._split(tx, rows, owners, outcome)
+            letters = dead + list(outcome.refused.values())
+            await tx.dead_letter(letters)
+        for event_id, letter in outcome.refused.items():
+            log.warning(
+                "dead-lettered %s: %s",
+                event_id,
+                letter.reason,
+                extra={"correlation_id": letter.correlation_id},
+            )
+        return outcome
 
-    async def _write_apart(
-        self, batch: list[Work]
-    ) -> tuple[set[str], list[tuple[str, DeadLetter]]]:
-        """Find the rows the database refuses: store the rest, dead-letter those."""
-        new_ids: set[str] = set()
-        refused: list[tuple[str, DeadLetter]] = []
-        for work in batch:
-            try:
-                new_ids |= await self._store.write_batch(work.rows)
-                continue
-            except RowsRejected:
-                pass
-            for row in work.rows:
-                try:
-                    new_ids |= await self._store.write_batch([row])
-                except RowsRejected as exc:
-                    letter = DeadLetter(
-                        row.source, exc.reason, row.data.encode(), work.delivery.num_delivered
-                    )
-                    refused.append((row.event_id, letter))
-                    log.warning(
-                        "dead-lettered %s: %s",
-                        row.event_id,
-                        exc.reason,
-                        extra={"correlation_id": work.correlation_id},
-                    )
-        return new_ids, refused
-
-    async def _give_back(self, batch: Sequence[Work], exc: BaseException) -> None:
-        log.error("store unavailable, %d messages back to JetStream: %r", len(batch), exc)
-        for work in batch:
-            self._metrics.events_failed.labels(work.source, "store_unavailable").inc(len(work.rows))
-            try:
-                await work.delivery.nak(self._retry_delay)
-            except Exception:  # the ack_wait timer brings it back anyway
-                log.debug("nak failed", exc_info=True)
-
-    def _account(
-        self, batch: list[Work], new_ids: set[str], rejected: set[str], seconds: float
+    async def _split(
+        self,
+        tx: StoreTransaction,
+        rows: list[EventRow],
+        owners: dict[int, Work],
+        outcome: Outcome,
     ) -> None:
+        """Insert `rows`; when refused, halve and try each half, down to single rows."""
+        if not rows:
+            return
+        try:
+            outcome.new_ids |= await tx.insert(rows)
+            return
+        except RowsRejected as exc:
+            if len(rows) == 1:
+                row = rows[0]
+                work = owners[id(row)]
+                outcome.refused[row.event_id] = DeadLetter(
+                    row.source,
+                    exc.reason,
+                    row.data.encode(),
+                    work.delivery.num_delivered,
+                    event_id=row.event_id,
+                    correlation_id=row.correlation_id or work.correlation_id,
+                )
+                return
+        half = len(rows) // 2
+        await self._split(tx, rows[:half], owners, outcome)
+        await self._split(tx, rows[half:], owners, outcome)
+
+    @contextlib.asynccontextmanager
+    async def _signalling_progress(self, batch: list[Work]) -> AsyncIterator[None]:
+        """While the block runs, tell JetStream the batch's messages are in progress."""
+        if self._progress_interval <= 0 or self._progress_interval == math.inf:
+            yield
+            return
+        async with anyio.create_task_group() as tg:
+
+            async def signal() -> None:
+                while True:
+                    await anyio.sleep(self._progress_interval)
+                    for work in batch:
+                        try:
+                            await work.delivery.in_progress()
+                        except Exception:  # lost connection: ack_wait may redeliver; harmless
+                            log.debug("in_progress failed", exc_info=True)
+
+            tg.start_soon(signal)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _term_last_deliveries(self, batch: list[Work], exc: Exception) -> None:
+        """The writer is crashing on this batch: a message on its last allowed delivery
+        is dead-lettered whole and terminated, so it is never dropped unrecorded."""
+        if self._max_deliver <= 0:
+            return
+        last = [w for w in batch if w.delivery.num_delivered >= self._max_deliver]
+        if not last:
+            return
+        letters = [
+            DeadLetter(
+                w.source,
+                f"last delivery ({w.delivery.num_delivered}) failed: {exc!r}",
+                w.delivery.data,
+                w.delivery.num_delivered,
+                correlation_id=w.correlation_id,
+            )
+            for w in last
+        ]
+        try:
+            with self._deadline.shield(FLUSH_DEADLINE):
+                await self._store.write_batch((), letters)
+                for work in last:
+                    await work.delivery.term()
+        except Exception:
+            log.exception("could not dead-letter %d messages on their last delivery", len(last))
+            return
+        for work in last:
+            self._metrics.events_dead_lettered.labels(work.source).inc(len(work.rows))
+            log.error(
+                "message dead-lettered whole on its last delivery: %r",
+                exc,
+                extra={"correlation_id": work.correlation_id},
+            )
+
+    def _account(self, batch: list[Work], outcome: Outcome, seconds: float) -> None:
         m = self._metrics
+        new_ids, rejected = outcome.new_ids, outcome.refused
         stored: list[str] = []
         total_new = 0
         for work in batch:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from sluice.ports import EventStore
 
-__all__ = ["PgEventStore"]
+__all__ = ["PgEventStore", "is_unavailable", "map_errors"]
 
 T = TypeVar("T")
 
@@ -224,23 +224,47 @@ counted AS (
 SELECT event_id FROM inserted
 """
 
+# One row per source and payload (digest, migration 004): a payload refused again
+# updates its letter. DISTINCT ON: a statement may not update the same row twice.
 _INSERT_DEAD_LETTERS = """
-INSERT INTO dead_letters (source, reason, payload, attempts)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::integer[])
+INSERT INTO dead_letters AS d
+    (source, reason, payload, attempts, event_id, correlation_id, digest)
+SELECT DISTINCT ON (digest) * FROM (
+    SELECT l.source, l.reason, l.payload, l.attempts, l.event_id, l.correlation_id,
+           sha256(convert_to(l.source, 'UTF8') || '\\x00'::bytea || l.payload) AS digest
+    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::integer[], $5::text[], $6::text[])
+        AS l (source, reason, payload, attempts, event_id, correlation_id)
+) letters
+ORDER BY digest
+ON CONFLICT (digest) DO UPDATE SET
+    reason = EXCLUDED.reason,
+    attempts = greatest(d.attempts, EXCLUDED.attempts),
+    last_seen = now()
 """
 
-# SQLSTATE classes meaning "these values are wrong": data exception, integrity
-# constraint violation, program limit exceeded (e.g. an event_id too long to index).
-_REJECT_CLASSES = ("22", "23", "54")
+# SQLSTATEs meaning "the store cannot be used right now, the rows are not at fault":
+# connection exception (08), invalid transaction state (25: e.g. a read-only standby
+# after a failover), invalid authorization (28), invalid catalog (3D), transaction
+# rollback (40: serialization failure, deadlock), syntax error or access rule (42: a
+# schema not migrated yet), insufficient resources (53: disk full, out of memory, too
+# many connections), lock not available / object in use (55P03, 55006), operator
+# intervention (57: admin or crash shutdown, cannot connect now, query canceled by
+# statement_timeout), system error (58), internal error (XX). Every other SQLSTATE
+# refuses the data itself (22 data exception, 23 integrity, 54 program limit, ...).
+_UNAVAILABLE_STATES = ("08", "25", "28", "3D", "40", "42", "53", "55P03", "55006", "57", "58", "XX")
 
-# asyncpg/OS failures meaning "no usable connection": connect refused or timed out,
-# connection lost, pool closed, server shutting down or not accepting connections yet.
+# Client-side and OS failures meaning "no usable connection": connect refused or timed
+# out, connection lost, pool closed, another operation in progress.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
     asyncpg.InterfaceError,
     OSError,  # includes ConnectionError and TimeoutError
 )
+
+# What asyncpg raises while encoding a value the column type cannot hold: an integer
+# past int4/int8 (OverflowError), a str where a number goes (TypeError), a string its
+# encoder refuses (UnicodeEncodeError, a ValueError), its own client-side DataError (an
+# InterfaceError and a ValueError: checked before InterfaceError).
+_ENCODING_ERRORS = (OverflowError, ValueError, TypeError)
 
 _COPY_LINE = re.compile(r"\bCOPY \S+, line (\d+)")
 
@@ -259,6 +283,15 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the store cannot be used now (retry), not that data is bad."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "XX").startswith(_UNAVAILABLE_STATES)
+    if isinstance(exc, _ENCODING_ERRORS):
+        return False
+    return isinstance(exc, _UNAVAILABLE)
+
+
 def _unique_by_event_id(rows: Sequence[EventRow]) -> list[EventRow]:
     """The rows with the first copy of each event_id, in order."""
     seen: set[str] = set()
@@ -271,10 +304,11 @@ def _unique_by_event_id(rows: Sequence[EventRow]) -> list[EventRow]:
 
 
 @contextlib.contextmanager
-def _mapped(
+def map_errors(
     rows: Sequence[EventRow] | None = None, staged: Sequence[EventRow] = ()
 ) -> Iterator[None]:
-    """Translate asyncpg/OS errors into StoreUnavailable / RowsRejected.
+    """Translate asyncpg/OS errors into StoreUnavailable / RowsRejected (the fakes in
+    the tests map what they raise through this too).
 
     Data errors become RowsRejected(reason, rows) only where rows are written
     (`rows` given); elsewhere they propagate unchanged.
@@ -283,17 +317,8 @@ def _mapped(
         yield
     except (StoreUnavailable, RowsRejected):
         raise
-    except asyncpg.exceptions._base.DataError as exc:  # client side: a value won't encode
-        if rows is None:
-            raise
-        raise RowsRejected(_describe(exc), tuple(rows)) from exc
-    except _UNAVAILABLE as exc:
-        raise StoreUnavailable(_describe(exc)) from exc
-    except asyncpg.PostgresError as exc:
-        state = exc.sqlstate or ""
-        if not state.startswith(_REJECT_CLASSES):
-            # Anything else (missing table, serialization failure, disk full, ...) is not
-            # the rows' fault: retrying later may succeed, so never drop them.
+    except (asyncpg.PostgresError, *_ENCODING_ERRORS, *_UNAVAILABLE) as exc:
+        if is_unavailable(exc):
             raise StoreUnavailable(_describe(exc)) from exc
         if rows is None:
             raise
@@ -303,10 +328,56 @@ def _mapped(
         if match and 1 <= int(match.group(1)) <= len(staged):
             reason += f" [{context}; event_id={staged[int(match.group(1)) - 1].event_id!r}]"
         raise RowsRejected(reason, tuple(rows)) from exc
-    except (TypeError, ValueError) as exc:  # binary COPY: a value of the wrong type
-        if rows is None:
-            raise
-        raise RowsRejected(f"{type(exc).__name__}: {exc}", tuple(rows)) from exc
+
+
+_mapped = map_errors  # the name sluice/edges/reports.py imports
+
+
+def _letter_args(letters: Sequence[DeadLetter]) -> tuple[list[Any], ...]:
+    def text(value: str | None) -> str | None:  # text cannot hold NUL; never lose a letter
+        return None if value is None else value.replace("\x00", "\ufffd")
+
+    return (
+        [text(d.source) for d in letters],
+        [text(d.reason) for d in letters],
+        [d.payload for d in letters],
+        [max(-(2**31), min(d.attempts, 2**31 - 1)) for d in letters],
+        [text(d.event_id) for d in letters],
+        [text(d.correlation_id) for d in letters],
+    )
+
+
+async def _insert(conn: Any, rows: Sequence[EventRow]) -> set[str]:
+    """COPY `rows` into the staging table and insert the new ones (in a transaction)."""
+    staged = _unique_by_event_id(rows)
+    records = [astuple(r) for r in staged]  # fields in COLUMNS order (checked above)
+    with map_errors(rows, staged):
+        await conn.copy_records_to_table(STAGING_TABLE, records=records, columns=COLUMNS)
+        new = await conn.fetch(_INSERT_NEW)
+    return {rec[0] for rec in new}
+
+
+class PgTransaction:
+    """A `sluice.ports.StoreTransaction`: each insert runs in its own savepoint."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def insert(self, rows: Sequence[EventRow]) -> set[str]:
+        if not rows:
+            return set()
+        with map_errors(rows):
+            async with self._conn.transaction():  # nested: a savepoint
+                new = await _insert(self._conn, rows)
+                # ON COMMIT DELETE ROWS empties staging at the commit only; the next
+                # insert in this transaction must not see these rows again.
+                await self._conn.execute(f"DELETE FROM {STAGING_TABLE}")
+        return new
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        if letters:
+            with map_errors(rows=()):
+                await self._conn.execute(_INSERT_DEAD_LETTERS, *_letter_args(letters))
 
 
 class PgEventStore:
@@ -332,7 +403,7 @@ class PgEventStore:
         Raises StoreUnavailable when the server cannot be reached (with min_size >= 1)
         and sluice.sql.migrate.MigrationError when a migration fails.
         """
-        with _mapped():
+        with map_errors():
             pool = await asyncpg.create_pool(
                 url,
                 min_size=min_size,
@@ -351,42 +422,37 @@ class PgEventStore:
     async def _run(
         self, work: Callable[[Any], Awaitable[T]], rows: Sequence[EventRow] | None = None
     ) -> T:
-        with _mapped(rows):
+        with map_errors(rows):
             async with self._pool.acquire() as conn:
                 return await work(conn)
 
-    async def write_batch(self, rows: Sequence[EventRow]) -> set[str]:
-        """Store `rows` in one transaction; return the event ids that were new."""
-        if not rows:
+    async def write_batch(
+        self, rows: Sequence[EventRow], letters: Sequence[DeadLetter] = ()
+    ) -> set[str]:
+        """Store `rows` and `letters` in one transaction; return the event ids that were new."""
+        if not rows and not letters:
             return set()
-        staged = _unique_by_event_id(rows)
-        records = [astuple(r) for r in staged]  # fields in COLUMNS order (checked below)
-        with _mapped(rows, staged):
+        with map_errors(rows):
             async with self._pool.acquire() as conn, conn.transaction():
-                await conn.copy_records_to_table(STAGING_TABLE, records=records, columns=COLUMNS)
-                new = await conn.fetch(_INSERT_NEW)
-        return {rec[0] for rec in new}
+                new = await _insert(conn, rows) if rows else set()
+                if letters:
+                    await conn.execute(_INSERT_DEAD_LETTERS, *_letter_args(letters))
+        return new
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PgTransaction]:
+        """One connection, one transaction: committed when the block ends cleanly."""
+        with map_errors(rows=()):
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield PgTransaction(conn)
 
     async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         """Record payloads that can never be stored (one statement, one transaction)."""
-        if not letters:
-            return
-
-        def text(value: str) -> str:  # PostgreSQL text cannot hold NUL; never lose a letter
-            return value.replace("\x00", "\ufffd")
-
-        args = (
-            [text(d.source) for d in letters],
-            [text(d.reason) for d in letters],
-            [d.payload for d in letters],
-            [d.attempts for d in letters],
-        )
-        # A refusal here (e.g. attempts out of range) is RowsRejected with no rows.
-        await self._run(lambda conn: conn.execute(_INSERT_DEAD_LETTERS, *args), rows=())
+        await self.write_batch((), letters)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers within `ping_timeout`."""
-        with _mapped():
+        with map_errors():
             async with self._pool.acquire(timeout=self.ping_timeout) as conn:
                 await conn.fetchval("SELECT 1", timeout=self.ping_timeout)
 

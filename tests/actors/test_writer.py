@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import asyncpg
 import pytest
 import trio.testing
 
@@ -11,7 +12,7 @@ from sluice.actors.writer import BatchWriter
 from sluice.engine import DrainDeadline, open_channel
 from sluice.engine.testing import run_actor
 from sluice.metrics import Metrics
-from sluice.ports import StoreUnavailable
+from sluice.ports import DeadLetter
 from tests.fakes import FakeDelivery, FakeStore, row
 
 
@@ -87,45 +88,78 @@ async def test_duplicates_are_acked_and_counted_not_stored_twice() -> None:
     assert sample(metrics, "events_duplicate_total", source="facebook") == 1
 
 
-@pytest.mark.anyio
-async def test_store_outage_naks_the_batch_acks_nothing_and_crashes() -> None:
-    store = FakeStore(fail_next=[StoreUnavailable("connection refused")])
-    writer, send, inbox, committed, metrics = make_writer(store, flush_rows=1)
-    item = work(store, "a")
-    with pytest.raises(StoreUnavailable):
-        async with inbox, committed, run_actor(writer), send:
-            await send.send(item)
-    await writer.feedback.aclose()  # a crashed writer keeps its ends for its successor
-    assert not item.delivery.acked
-    assert item.delivery.naks == [1.0]
-    assert store.stored == {}
-    assert (
-        sample(metrics, "events_failed_total", source="facebook", reason="store_unavailable") == 1
+@pytest.mark.trio
+async def test_a_store_outage_holds_the_batch_signals_progress_and_takes_nothing_more(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lost = [asyncpg.ConnectionDoesNotExistError("connection was closed")] * 6
+    store = FakeStore(fail_next=list(lost))
+    send, inbox = open_channel[Work](1)
+    metrics = Metrics()
+    writer = BatchWriter(
+        inbox,
+        store,
+        None,
+        flush_rows=1,
+        flush_interval=0.1,
+        metrics=metrics,
+        retry_delay=0.5,
+        retry_max=4.0,
+        progress_interval=5.0,
     )
+    held, waiting, queued = work(store, "a"), work(store, "b"), work(store, "c")
+    async with inbox, run_actor(writer), send:
+        start = trio.current_time()
+        await send.send(held)
+        await send.send(waiting)  # taken only once `held` is stored
+        with pytest.raises(anyio.WouldBlock):
+            send.send_nowait(queued)  # the inbox is full: the backpressure
+        await trio.sleep(5.1)
+        assert not held.delivery.acked and held.delivery.naks == []
+        assert held.delivery.progress == 1
+        while not held.delivery.acked:
+            await trio.sleep(0.1)
+        # retries after 0.5, 1, 2, 4, 4, 4 s: stored on the 7th try, 15.5 s in
+        assert trio.current_time() - start == pytest.approx(15.5, abs=0.2)
+        assert held.delivery.progress == 3
+        assert held.delivery.naks == []
+        await send.send(queued)
+    assert sorted(store.stored) == ["a", "b", "c"]
+    assert waiting.delivery.acked and queued.delivery.acked
+    failed = sample(metrics, "events_failed_total", source="facebook", reason="store_unavailable")
+    assert failed == 1  # counted once per held batch, not per try
 
 
-@pytest.mark.anyio
-async def test_rows_the_database_refuses_are_dead_lettered_and_the_rest_stored() -> None:
-    store = FakeStore(poison={"bad"})
-    writer, send, inbox, committed, metrics = make_writer(store, flush_rows=4)
-    mixed, clean = work(store, "a", "bad", "b"), work(store, "c")
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.SerializationError("could not serialize access"),
+        asyncpg.DeadlockDetectedError("deadlock detected"),
+        asyncpg.LockNotAvailableError("could not obtain lock"),
+        asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.TooManyConnectionsError("sorry, too many clients already"),
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        ConnectionRefusedError(111, "Connect call failed"),
+    ],
+)
+@pytest.mark.trio
+async def test_each_kind_of_unavailable_store_is_waited_out_never_dead_lettered(
+    autojump_clock: trio.testing.MockClock, error: Exception
+) -> None:
+    store = FakeStore(fail_next=[error])
+    writer, send, inbox, committed, _ = make_writer(store, flush_rows=1)
+    item = work(store, "a")
     async with inbox, committed, run_actor(writer):
         async with send:
-            await send.send(mixed)
-            await send.send(clean)
-        feedback = [i for ids in [ids async for ids in committed] for i in ids]
-    assert sorted(store.stored) == ["a", "b", "c"]
-    assert [letter.payload for letter in store.dead] == [row("bad").data.encode()]
-    assert store.dead[0].reason == "invalid input syntax"
-    assert mixed.delivery.acked and clean.delivery.acked
-    assert "bad" not in feedback
-    assert sample(metrics, "events_dead_lettered_total", source="facebook") == 1
+            await send.send(item)
+        _ = [ids async for ids in committed]
+    assert item.delivery.acked and list(store.stored) == ["a"]
+    assert store.dead == []
 
 
 @pytest.mark.anyio
 async def test_dead_letters_from_decoding_are_stored_before_the_ack() -> None:
-    from sluice.ports import DeadLetter
-
     store = FakeStore()
     writer, send, inbox, committed, _ = make_writer(store, flush_rows=1)
     letter = DeadLetter("facebook", "undecodable envelope", b"junk", 1)
@@ -154,7 +188,7 @@ async def test_last_batch_is_flushed_when_the_inbox_ends() -> None:
 class HangingStore(FakeStore):
     """A database that never answers the commit."""
 
-    async def write_batch(self, rows):  # type: ignore[no-untyped-def]
+    async def write_batch(self, rows, letters=()):  # type: ignore[no-untyped-def]
         await anyio.sleep_forever()
 
 
@@ -198,3 +232,83 @@ async def test_the_shielded_flush_ends_at_the_drain_deadline(
         deadline.begin(5.0)
         nursery.cancel_scope.cancel()
     assert trio.current_time() - start == pytest.approx(5.0)
+
+
+REFUSALS = {
+    "big": OverflowError("value out of int32 range"),
+    "nul": asyncpg.CharacterNotInRepertoireError("invalid byte sequence for encoding"),
+    "range": asyncpg.NumericValueOutOfRangeError("numeric field overflow"),
+    "enc": UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+}
+
+
+@pytest.mark.anyio
+async def test_bad_rows_are_found_by_halving_and_lettered_with_the_good_ones_in_one_go() -> None:
+    store = FakeStore(poison=dict(REFUSALS))
+    writer, send, inbox, committed, _ = make_writer(store, flush_rows=64)
+    ids = [f"ok{i:02}" for i in range(60)]
+    for n, bad in enumerate(REFUSALS):
+        ids.insert(15 * n + 7, bad)
+    items = [
+        Work("facebook", FakeDelivery(store=store), [row(i, correlation_id="req-1") for i in ids])
+    ]
+    async with inbox, committed, run_actor(writer):
+        async with send:
+            await send.send(items[0])
+    assert sorted(store.stored) == sorted(i for i in ids if i.startswith("ok"))
+    assert {d.event_id: d.reason.split(":")[0] for d in store.dead} == {
+        "big": "OverflowError",
+        "nul": "CharacterNotInRepertoireError (22021)",
+        "range": "NumericValueOutOfRangeError (22003)",
+        "enc": "UnicodeEncodeError",
+    }
+    assert all(d.correlation_id == "req-1" and d.source == "facebook" for d in store.dead)
+    assert items[0].delivery.acked
+    # one try of the whole, then one transaction that halves: far fewer tries than rows
+    assert store.transactions == 2
+    assert store.inserts <= 1 + 2 * len(REFUSALS) * 6
+
+
+@pytest.mark.anyio
+async def test_a_redelivered_batch_writes_no_letter_twice() -> None:
+    store = FakeStore(poison={"bad": OverflowError("value out of int64 range")})
+    for delivered in (1, 2):
+        writer, send, inbox, committed, _ = make_writer(store, flush_rows=3)
+        item = Work(
+            "facebook", FakeDelivery(store=store, num_delivered=delivered), [row("a"), row("bad")]
+        )
+        async with inbox, committed, run_actor(writer):
+            async with send:
+                await send.send(item)
+        assert item.delivery.acked
+    assert [(d.event_id, d.attempts) for d in store.dead] == [("bad", 2)]
+
+
+class BrokenStore(FakeStore):
+    """Fails with a bug, not a database error."""
+
+    async def write_batch(self, rows, letters=()):  # type: ignore[no-untyped-def]
+        if rows:
+            raise RuntimeError("a bug")
+        return await super().write_batch(rows, letters)
+
+
+@pytest.mark.anyio
+async def test_a_message_on_its_last_delivery_that_still_fails_is_lettered_whole_and_termed() -> (
+    None
+):
+    store = BrokenStore()
+    send, inbox = open_channel[Work](4)
+    writer = BatchWriter(
+        inbox, store, None, flush_rows=2, flush_interval=0.1, metrics=Metrics(), max_deliver=5
+    )
+    last = Work("facebook", FakeDelivery(b"envelope-1", num_delivered=5), [row("a")])
+    earlier = Work("facebook", FakeDelivery(b"envelope-2", num_delivered=4), [row("b")])
+    with pytest.RaisesGroup(RuntimeError, allow_unwrapped=True, flatten_subgroups=True):
+        async with send, inbox, run_actor(writer):
+            await send.send(last)
+            await send.send(earlier)
+    assert last.delivery.termed and not last.delivery.acked
+    assert not earlier.delivery.termed  # it has deliveries left
+    assert [(d.payload, d.attempts) for d in store.dead] == [(b"envelope-1", 5)]
+    assert "last delivery (5) failed" in store.dead[0].reason
