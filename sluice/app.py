@@ -45,6 +45,7 @@ from sluice.actors.dedup import DedupGuard, RecentIds
 from sluice.actors.ingress import Ingress
 from sluice.actors.intake import Intake
 from sluice.actors.metrics import MetricsReporter
+from sluice.actors.subtree import Subtree
 from sluice.actors.work import Work
 from sluice.actors.writer import BatchWriter
 from sluice.config import Settings
@@ -145,12 +146,15 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
             reports = await stack.enter_async_context(PgReportStore.open(settings.database_url))
 
         children: list[ChildSpec] = []
+        writing: list[ChildSpec] = []
         channels: dict[str, Any] = {}
         if writes:
             assert store is not None and bus is not None
-            children += await _pipeline(
+            writing = await _pipeline(
                 stack, settings, metrics, store, bus, channels, deadline, catch_up=takes_events
             )
+            subtree = _writing_subtree(writing, metrics, deadline)
+            children.append(subtree)
 
         app = _http_app(
             settings,
@@ -199,14 +203,18 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
             intake = _bind(Intake, ingest.requests, health, deadline, share=INTAKE_SHARE)
             children.append(ChildSpec("intake", intake, wait_on_drain=True))
 
-        metrics.prime(sources=settings.sources, actors=[child.name for child in children])
+        metrics.prime(
+            sources=settings.sources,
+            actors=[child.name for child in children] + [child.name for child in writing],
+        )
         supervisor = Supervisor(
             children,
             on_restart=lambda name, exc: metrics.actor_restarts.labels(name).inc(),
             deadline=deadline,
         )
+        subtrees = [child for child in children if child.name == WRITING]
         stopped = anyio.Event()
-        health.alive = supervisor.children_alive
+        health.alive = lambda: _alive(supervisor, subtrees)
         health.supervisor = lambda: (
             "stopped" if stopped.is_set() else "draining" if supervisor.draining else "running"
         )
@@ -274,6 +282,9 @@ async def _pipeline(
                     metrics=metrics,
                     name=f"writer[{i}]",
                     deadline=deadline,
+                    # held through an outage: progress well inside ack_wait
+                    progress_interval=settings.ack_wait / 3,
+                    max_deliver=settings.max_deliver,
                 ),
                 policy=RestartPolicy(max_restarts=10, window=60.0, backoff_max=10.0),
                 wait_on_drain=True,
@@ -314,6 +325,47 @@ async def _pipeline(
     await to_dedup_send.aclose()
     await committed_send.aclose()
     return children
+
+
+# --- the writing subtree (consumers, dedup, writers) under its own supervisor ---
+
+WRITING = "writing"
+# The top supervisor restarts the writing subtree after a backoff, never giving up:
+# whatever the database does, ingress keeps answering from JetStream.
+WRITING_POLICY = RestartPolicy(max_restarts=2**31, window=1.0, backoff_max=30.0)
+
+
+def _writing_subtree(
+    writing: list[ChildSpec], metrics: Metrics, deadline: DrainDeadline
+) -> ChildSpec:
+    latest: list[Subtree] = []
+
+    def make() -> Subtree:
+        subtree = Subtree(
+            WRITING,
+            writing,
+            deadline=deadline,
+            on_restart=lambda name, exc: metrics.actor_restarts.labels(name).inc(),
+        )
+        latest[:] = [subtree]
+        return subtree
+
+    return _SubtreeSpec(WRITING, make, policy=WRITING_POLICY, wait_on_drain=True, latest=latest)
+
+
+@dataclass(frozen=True)
+class _SubtreeSpec(ChildSpec):
+    latest: list[Subtree] = field(default_factory=list)  # the instance running now
+
+
+def _alive(supervisor: Supervisor, subtrees: list[ChildSpec]) -> dict[str, bool]:
+    """Per actor, the nested ones included (`writing/writer[0]`)."""
+    alive = supervisor.children_alive()
+    for spec in subtrees:
+        if isinstance(spec, _SubtreeSpec) and spec.latest:
+            for name, up in spec.latest[0].children_alive().items():
+                alive[f"{spec.name}/{name}"] = up and alive.get(spec.name, False)
+    return alive
 
 
 def _http_app(

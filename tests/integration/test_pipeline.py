@@ -173,7 +173,7 @@ async def test_dashboard_series_exist_at_zero_before_anything_happens(engine: En
     assert sample("actor_restarts_total", {"actor": "ingress"}) == 0
 
 
-async def test_a_writer_that_loses_its_database_connection_restarts_and_loses_nothing(
+async def test_a_writer_that_loses_its_database_connection_holds_its_batch_and_loses_nothing(
     settings: Settings,
 ) -> None:
     settings = dataclasses.replace(settings, writers=1)
@@ -206,6 +206,6 @@ async def test_a_writer_that_loses_its_database_connection_restarts_and_loses_no
             )
     finally:
         await admin.close()
-    assert restarts and restarts >= 1
+    assert restarts == 0  # held and retried in place, not crashed
     assert len(ids) == len(set(ids))
     assert set(ids) == expected
