@@ -1,4 +1,4 @@
-"""The `sluice` command: run | migrate | config | publish."""
+"""The `sluice` command: run | migrate | config | publish | health | dlq."""
 
 from __future__ import annotations
 
@@ -51,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "publish", help="send realistic events to a webhook (load generator), then a summary"
     )
     _add_publish_arguments(publish)
+    _add_dlq_arguments(
+        commands.add_parser(
+            "dlq", help="list, show, replay or purge the running engine's dead letters"
+        )
+    )
     args = parser.parse_args(argv)
     if args.command == "publish":  # a client: needs no engine settings
         from sluice.publish import cmd_publish
@@ -67,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(cmd_config(settings, origins if args.origin else None))
     if args.command == "health":
         raise SystemExit(cmd_health(settings, url=args.url, live=args.live))
+    if args.command == "dlq":
+        from sluice.dlq import cmd_dlq
+
+        raise SystemExit(cmd_dlq(settings, args))
     handler = {"run": cmd_run, "migrate": cmd_migrate}[args.command]
     try:
         code = handler(settings)
@@ -83,6 +92,12 @@ class StartupError(Exception):
 
 def _add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     from sluice.publish import add_arguments
+
+    add_arguments(parser)
+
+
+def _add_dlq_arguments(parser: argparse.ArgumentParser) -> None:
+    from sluice.dlq import add_arguments
 
     add_arguments(parser)
 

@@ -34,6 +34,7 @@ from sluice.sql.migrate import pending
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+    from datetime import datetime
 
     from sluice.ports import EventStore
 
@@ -449,6 +450,34 @@ class PgEventStore:
     async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         """Record payloads that can never be stored (one statement, one transaction)."""
         await self.write_batch((), letters)
+
+    # --- the dead-letter queue, for `sluice dlq` ---
+
+    async def list_letters(
+        self, *, source: str | None = None, ids: Sequence[int] | None = None, pending: bool = False
+    ) -> list[dict[str, Any]]:
+        """Letters oldest first (all columns), by `source`, `ids`, not yet replayed."""
+        query = (
+            "SELECT id, source, reason, payload, attempts, event_id, correlation_id,"
+            " first_seen, last_seen, replayed_at FROM dead_letters"
+            " WHERE ($1::text IS NULL OR source = $1)"
+            " AND ($2::bigint[] IS NULL OR id = ANY($2))"
+            " AND (NOT $3 OR replayed_at IS NULL)"
+            " ORDER BY id"
+        )
+        wanted = list(ids) if ids is not None else None
+        records = await self._run(lambda conn: conn.fetch(query, source, wanted, pending))
+        return [dict(record) for record in records]
+
+    async def mark_replayed(self, ids: Sequence[int]) -> None:
+        query = "UPDATE dead_letters SET replayed_at = now() WHERE id = ANY($1::bigint[])"
+        await self._run(lambda conn: conn.execute(query, list(ids)))
+
+    async def purge_letters(self, before: datetime) -> int:
+        """Delete the letters last seen before `before`; returns how many."""
+        query = "DELETE FROM dead_letters WHERE last_seen < $1"
+        status: str = await self._run(lambda conn: conn.execute(query, before))
+        return int(status.split()[-1])
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers within `ping_timeout`."""
