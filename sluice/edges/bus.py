@@ -7,6 +7,7 @@ consumers. Everything here runs on asyncio (nats-py is asyncio-only).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,55 @@ class NatsSubscription:
     async def pending(self) -> tuple[int, int]:
         info = await self._sub.consumer_info()
         return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+
+    async def close(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._sub.unsubscribe()
+
+
+class NatsMaxDeliveries:
+    """JetStream's max-deliveries advisories for the stream, and its messages by sequence:
+    a `sluice.ports.MaxDeliveries` for the backstop that dead-letters what no writer
+    stored before the consumer gave up on it."""
+
+    def __init__(self, sub: Any, js: Any, stream: str) -> None:
+        self._sub = sub
+        self._js = js
+        self._stream = stream
+
+    async def next_stuck(self, timeout: float) -> int | None:
+        """The stream sequence of the next message that reached max deliveries, or None
+        after `timeout` seconds without one (or for an advisory that names none)."""
+        try:
+            msg = await self._sub.next_msg(timeout=timeout)
+        except TimeoutError:  # nats.errors.TimeoutError is one
+            return None
+        except nats.errors.Error as exc:
+            raise LogUnavailable(f"advisories: {exc!r}") from exc
+        try:
+            return int(json.loads(msg.data)["stream_seq"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("unreadable max-deliveries advisory: %r", msg.data[:200])
+            return None
+
+    async def message(self, seq: int) -> tuple[bytes, Mapping[str, str]] | None:
+        """The message stored at `seq` (data, headers), None when it is gone."""
+        try:
+            raw = await self._js.get_msg(self._stream, seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, OSError) as exc:
+            raise LogUnavailable(f"get message {seq}: {exc!r}") from exc
+        return raw.data or b"", raw.headers or {}
+
+    async def remove(self, seq: int) -> None:
+        """Delete the message at `seq` (once it is dead-lettered or known stored)."""
+        try:
+            await self._js.delete_msg(self._stream, seq)
+        except nats.js.errors.NotFoundError:
+            return
+        except (nats.errors.Error, OSError) as exc:
+            raise LogUnavailable(f"delete message {seq}: {exc!r}") from exc
 
     async def close(self) -> None:
         with contextlib.suppress(nats.errors.Error):
@@ -252,6 +302,16 @@ class JetStreamBus:
         except (nats.errors.Error, OSError) as exc:
             raise LogUnavailable(f"cannot open consumer {durable}: {exc!r}") from exc
         return NatsSubscription(sub, self._nc)
+
+
+    async def watch_max_deliveries(self) -> NatsMaxDeliveries:
+        """Subscribe to the max-deliveries advisories of every consumer of the stream."""
+        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self._settings.stream}.*"
+        try:
+            sub = await self._nc.subscribe(subject)
+        except (nats.errors.Error, OSError) as exc:
+            raise LogUnavailable(f"cannot subscribe to {subject}: {exc!r}") from exc
+        return NatsMaxDeliveries(sub, self._js, self._settings.stream)
 
 
 def _backoff(ack_wait: float, max_deliver: int) -> list[float]:
