@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
+from sluice.actors.backstop import MaxDeliveriesBackstop
 from sluice.actors.consumer import Consumer
 from sluice.actors.dedup import DedupGuard, RecentIds
 from sluice.actors.ingress import Ingress
@@ -290,6 +291,18 @@ async def _pipeline(
                 wait_on_drain=True,
             )
         )
+    children.append(
+        ChildSpec(
+            "backstop",
+            _bind(
+                MaxDeliveriesBackstop,
+                bus.watch_max_deliveries,
+                store,
+                max_deliver=settings.max_deliver,
+                metrics=metrics,
+            ),
+        )
+    )
     children.append(
         ChildSpec(
             "dedup",

@@ -163,6 +163,10 @@ class EventStore(Protocol):
         """
         ...
 
+    async def stored_ids(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of `event_ids` are stored."""
+        ...
+
     def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]:
         """Open a transaction, committed when the block ends without an exception."""
         ...
@@ -171,6 +175,22 @@ class EventStore(Protocol):
 
     async def ping(self) -> None:
         """Raise `StoreUnavailable` unless the database answers."""
+
+
+class MaxDeliveries(Protocol):
+    """JetStream's word that a message reached max deliveries (the consumer gave up)."""
+
+    async def next_stuck(self, timeout: float) -> int | None:
+        """The next such message's stream sequence; None after `timeout` without one."""
+        ...
+
+    async def message(self, seq: int) -> tuple[bytes, Mapping[str, str]] | None:
+        """(data, headers) of the message at `seq`; None when it is gone."""
+        ...
+
+    async def remove(self, seq: int) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class LogUnavailable(Exception):

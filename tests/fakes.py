@@ -96,6 +96,10 @@ class FakeStore:
     async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         await self.write_batch((), letters)
 
+    async def stored_ids(self, event_ids: Sequence[str]) -> set[str]:
+        await anyio.lowlevel.checkpoint()
+        return {event_id for event_id in event_ids if event_id in self.stored}
+
     async def ping(self) -> None:
         with map_errors():
             if self.fail_next and not isinstance(self.fail_next[0], RowsRejected):

@@ -303,7 +303,6 @@ class JetStreamBus:
             raise LogUnavailable(f"cannot open consumer {durable}: {exc!r}") from exc
         return NatsSubscription(sub, self._nc)
 
-
     async def watch_max_deliveries(self) -> NatsMaxDeliveries:
         """Subscribe to the max-deliveries advisories of every consumer of the stream."""
         subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self._settings.stream}.*"

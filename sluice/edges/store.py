@@ -451,6 +451,12 @@ class PgEventStore:
         """Record payloads that can never be stored (one statement, one transaction)."""
         await self.write_batch((), letters)
 
+    async def stored_ids(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of `event_ids` are stored."""
+        query = "SELECT event_id FROM events WHERE event_id = ANY($1::text[])"
+        records = await self._run(lambda conn: conn.fetch(query, list(event_ids)))
+        return {record[0] for record in records}
+
     # --- the dead-letter queue, for `sluice dlq` ---
 
     async def list_letters(
