@@ -255,9 +255,12 @@ ON CONFLICT (digest) DO UPDATE SET
 _UNAVAILABLE_STATES = ("08", "25", "28", "3D", "40", "42", "53", "55P03", "55006", "57", "58", "XX")
 
 # Client-side and OS failures meaning "no usable connection": connect refused or timed
-# out, connection lost, pool closed, another operation in progress.
+# out, connection lost, pool closed, another operation in progress, and the protocol
+# state errors asyncpg raises on a connection that broke mid-statement (e.g. "cannot
+# switch to state 15" at the COMMIT after a lost COPY).
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     OSError,  # includes ConnectionError and TimeoutError
 )
 

@@ -141,6 +141,7 @@ async def test_a_store_outage_holds_the_batch_signals_progress_and_takes_nothing
         asyncpg.TooManyConnectionsError("sorry, too many clients already"),
         asyncpg.CannotConnectNowError("the database system is starting up"),
         ConnectionRefusedError(111, "Connect call failed"),
+        asyncpg.InternalClientError("cannot switch to state 15; another operation in progress"),
     ],
 )
 @pytest.mark.trio

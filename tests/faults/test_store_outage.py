@@ -33,6 +33,11 @@ pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.faults]
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # nats-py and asyncpg are asyncio-only
+
+
+@pytest.fixture
 def private_postgres() -> Iterator[EmbeddedPostgres]:
     # Not under pytest's tmp_path: pytest resets /tmp/pytest-of-<user> to mode 0700 when
     # any session starts, and PostgreSQL runs as another user when the tests run as root.
