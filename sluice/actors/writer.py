@@ -37,8 +37,6 @@ from sluice.ports import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -89,10 +87,26 @@ class BatchWriter(Actor):
         self._retry_max = retry_max
         self._progress_interval = progress_interval
         self._max_deliver = max_deliver
+        self._held: list[Work] = []  # the batch being stored, for the progress signals
         self._deadline = deadline if deadline is not None else DrainDeadline()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        crash: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._signal_progress)
+            task_status.started()
+            try:
+                await self._write_until_the_inbox_ends()
+            except Exception as exc:  # re-raised as is, not wrapped in a group
+                crash = exc
+            tg.cancel_scope.cancel()
+        if crash is not None:
+            raise crash
+        await self._inbox.aclose()
+        if self._committed is not None:
+            await self._committed.aclose()
+
+    async def _write_until_the_inbox_ends(self) -> None:
         while True:
             batch, ended = await self._collect()
             if batch:
@@ -102,10 +116,20 @@ class BatchWriter(Actor):
                     await self._term_last_deliveries(batch, exc)
                     raise
             if ended:
-                break
-        await self._inbox.aclose()
-        if self._committed is not None:
-            await self._committed.aclose()
+                return
+
+    async def _signal_progress(self) -> None:
+        """Every `progress_interval`, tell JetStream the messages in hand are in progress,
+        so a batch held through an outage or a slow commit is not redelivered meanwhile."""
+        if self._progress_interval <= 0 or self._progress_interval == math.inf:
+            return
+        while True:
+            await anyio.sleep(self._progress_interval)
+            for work in list(self._held):
+                try:
+                    await work.delivery.in_progress()
+                except Exception:  # lost connection: ack_wait may redeliver; harmless
+                    log.debug("in_progress failed", exc_info=True)
 
     async def _collect(self) -> tuple[list[Work], bool]:
         """Wait for a first item, then gather more until the batch is full or due."""
@@ -128,12 +152,15 @@ class BatchWriter(Actor):
     async def _flush(self, batch: list[Work]) -> None:
         """Store the batch, waiting out an unavailable store, then ack its messages."""
         started = time.perf_counter()
-        async with self._signalling_progress(batch):
+        self._held = batch
+        try:
             outcome = await self._store_patiently(batch)
             # The acks are not cut by an ordinary cancel either (see _try_store).
             with self._deadline.shield(FLUSH_DEADLINE):
                 for work in batch:
                     await work.delivery.ack()
+        finally:
+            self._held = []
         self._account(batch, outcome, time.perf_counter() - started)
 
     async def _store_patiently(self, batch: list[Work]) -> Outcome:
@@ -226,29 +253,6 @@ class BatchWriter(Actor):
         half = len(rows) // 2
         await self._split(tx, rows[:half], owners, outcome)
         await self._split(tx, rows[half:], owners, outcome)
-
-    @contextlib.asynccontextmanager
-    async def _signalling_progress(self, batch: list[Work]) -> AsyncIterator[None]:
-        """While the block runs, tell JetStream the batch's messages are in progress."""
-        if self._progress_interval <= 0 or self._progress_interval == math.inf:
-            yield
-            return
-        async with anyio.create_task_group() as tg:
-
-            async def signal() -> None:
-                while True:
-                    await anyio.sleep(self._progress_interval)
-                    for work in batch:
-                        try:
-                            await work.delivery.in_progress()
-                        except Exception:  # lost connection: ack_wait may redeliver; harmless
-                            log.debug("in_progress failed", exc_info=True)
-
-            tg.start_soon(signal)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
 
     async def _term_last_deliveries(self, batch: list[Work], exc: Exception) -> None:
         """The writer is crashing on this batch: a message on its last allowed delivery
