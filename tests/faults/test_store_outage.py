@@ -156,3 +156,58 @@ async def test_postgres_paused_then_killed_under_load_loses_nothing_and_ingress_
     assert len(ids) == len(set(ids)), "stored twice"
     assert set(ids) == load.accepted
     assert not restarts, "the writer held its batch rather than crash"
+
+
+async def test_a_slow_postgres_is_waited_for_without_redeliveries(
+    nats_url: str, nats_prefix: str, fresh_database_url: str
+) -> None:
+    """Locks held three times ack_wait: the writers wait, signalling progress, and
+    JetStream redelivers nothing (a redelivery would be counted as a duplicate)."""
+    settings = Settings(
+        nats_url=nats_url,
+        database_url=fresh_database_url,
+        http_port=0,
+        stream=f"{nats_prefix}_EVENTS",
+        subject_prefix=nats_prefix,
+        flush_interval=0.02,
+        fetch_timeout=0.2,
+        metrics_interval=0.2,
+        drain_timeout=15,
+        ack_wait=2.0,
+    )
+    events = make_events(50, seed=43)
+    async with open_engine(settings) as engine:
+        blocker = await asyncpg.connect(fresh_database_url)
+        try:
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            async with httpx.AsyncClient(base_url=engine.http_url, timeout=30) as client:
+                for i in range(0, 50, 10):
+                    response = await client.post("/webhook", json=events[i : i + 10])
+                    assert response.status_code == 202
+            with anyio.fail_after(30):
+                while not await blocker.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                ):
+                    await anyio.sleep(0.05)
+            await anyio.sleep(3 * settings.ack_wait)  # the length of the fault
+            await tx.rollback()
+        finally:
+            await blocker.close()
+        ids: list[str] = []
+        with anyio.fail_after(30):
+            while len(ids := await stored(fresh_database_url)) < 50:
+                await anyio.sleep(0.1)
+        sample = engine.metrics.registry.get_sample_value
+        duplicates = sum(
+            sample("events_duplicate_total", {"source": s}) or 0 for s in settings.sources
+        )
+        restarts = sum(
+            sample("actor_restarts_total", {"actor": f"writer[{i}]"}) or 0
+            for i in range(settings.writers)
+        )
+    assert sorted(ids) == sorted(e["eventId"] for e in events)
+    assert duplicates == 0, "held messages were redelivered"
+    assert restarts == 0
