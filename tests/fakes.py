@@ -29,6 +29,7 @@ class FakeDelivery:
     acked: bool = False
     naks: list[float | None] = field(default_factory=list)
     termed: bool = False
+    progress_signals: int = 0
     committed_when_acked: frozenset[str] | None = None
     store: FakeStore | None = None
 
@@ -43,6 +44,9 @@ class FakeDelivery:
 
     async def term(self) -> None:
         self.termed = True
+
+    async def in_progress(self) -> None:
+        self.progress_signals += 1
 
 
 @dataclass
@@ -83,6 +87,7 @@ class FakeSubscription:
     fetches: int = 0
     fail_next: list[Exception] = field(default_factory=list)
     arrived: anyio.Event = field(default_factory=anyio.Event)
+    closed: bool = False
 
     def put(self, *deliveries: FakeDelivery) -> None:
         self.queue.extend(deliveries)
@@ -101,6 +106,9 @@ class FakeSubscription:
 
     async def pending(self) -> tuple[int, int]:
         return len(self.queue), 0
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 @dataclass
