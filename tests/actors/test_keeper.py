@@ -27,7 +27,7 @@ async def test_the_fake_redelivers_what_is_held_past_ack_wait(
     """What the keeper prevents: no keeper, the message comes again after ack_wait."""
     fake, _, subscription = held_subscription()
     fake.put(b"m")
-    [first] = await subscription.fetch(10, 1.0)
+    [_first] = await subscription.fetch(10, 1.0)
     started = anyio.current_time()
     [again] = await subscription.fetch(10, 60.0)
     assert again.num_delivered == 2
