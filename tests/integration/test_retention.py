@@ -3,8 +3,8 @@ PostgreSQL, more events than the stream's max_bytes pushed through it."""
 
 from __future__ import annotations
 
-import asyncpg
 import anyio
+import asyncpg
 import httpx
 import pytest
 
