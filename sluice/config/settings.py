@@ -152,13 +152,15 @@ class Settings:
     # The stream the consumers read is a work queue: a message leaves it once acked, so
     # these bound only the backlog not yet written (past max_bytes: 503).
     stream_max_age: float = _env("SLUICE_STREAM_MAX_AGE", _positive_float, 7 * 24 * 3600.0)
-    stream_max_bytes: int = _env("SLUICE_STREAM_MAX_BYTES", _positive_int, 20 * GiB)
+    stream_max_bytes: int = _env("SLUICE_STREAM_MAX_BYTES", _positive_int, 4 * GiB)
     duplicate_window: float = _env("SLUICE_DUPLICATE_WINDOW", _positive_float, 120.0)
     # History for replay: a second stream sourcing the first, dropping its oldest
     # messages past these limits (it never refuses one). Default name: <stream>_HISTORY.
+    # nats-server reserves both max_bytes on its disk: 4 + 16 GiB, what one stream of
+    # 20 GiB took before.
     history_stream: str | None = _env("SLUICE_HISTORY_STREAM", _text, None)
     history_max_age: float = _env("SLUICE_HISTORY_MAX_AGE", _positive_float, 7 * 24 * 3600.0)
-    history_max_bytes: int = _env("SLUICE_HISTORY_MAX_BYTES", _positive_int, 20 * GiB)
+    history_max_bytes: int = _env("SLUICE_HISTORY_MAX_BYTES", _positive_int, 16 * GiB)
 
     # A message held past ack_wait without an ack or a progress signal is redelivered;
     # the process that holds one signals progress every ack_wait / 3, so a short wait

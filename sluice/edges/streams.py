@@ -78,8 +78,7 @@ class StreamKeeper:
             if migration is not None and first_seq is None:
                 first_seq = int((migration.config.metadata or {}).get(_FIRST_SEQ, "0")) or None
             # Created parked: nothing enters it before the history is attached.
-            await self._js.add_stream(self._work_config([self._parked], first_seq=first_seq))
-            log.info("created stream %s (work queue)", self._work)
+            await self._create(self._work_config([self._parked], first_seq=first_seq))
             created = True
         await self._ensure_history()
         await self._wait_attached(created=created)
@@ -114,8 +113,7 @@ class StreamKeeper:
             duplicate_window=s.duplicate_window,
         )
         if await self._info(self._history) is None:
-            await self._js.add_stream(config)
-            log.info("created stream %s (history of %s)", self._history, self._work)
+            await self._create(config)
         else:
             await self._js.update_stream(config)
 
@@ -225,6 +223,18 @@ class StreamKeeper:
                 return
             yield msg
             seq = msg.seq + 1
+
+    async def _create(self, config: Any) -> None:
+        """Add a stream, unless another process starting at the same moment did (the
+        server may then refuse ours for the name or for the storage both reserve)."""
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.APIError:
+            if await self._info(config.name) is None:
+                raise
+            log.info("stream %s was just created by another process", config.name)
+        else:
+            log.info("created stream %s", config.name)
 
     async def _info(self, stream: str) -> Any:
         try:

@@ -163,3 +163,20 @@ async def test_a_limits_stream_is_migrated_keeping_unacked_messages_and_history(
     # A second start finds nothing to migrate and changes nothing.
     async with JetStreamBus.connect(settings):
         assert (await js.stream_info(settings.stream)).state.last_seq == ack.seq
+
+
+async def test_processes_starting_together_both_get_the_streams(
+    settings: Settings, js: Any
+) -> None:
+    """An ingress and a worker of a fresh deployment start at once."""
+
+    async def start() -> None:
+        async with JetStreamBus.connect(settings) as bus:
+            await bus.publish("facebook", b"m", msg_id="m", headers={})
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(start)
+    work = await js.stream_info(settings.stream)
+    assert work.config.subjects == [f"{settings.subject_prefix}.>"]
+    assert work.state.messages == 1
