@@ -180,3 +180,30 @@ async def test_processes_starting_together_both_get_the_streams(
     work = await js.stream_info(settings.stream)
     assert work.config.subjects == [f"{settings.subject_prefix}.>"]
     assert work.state.messages == 1
+
+
+async def test_a_migration_cut_short_after_the_old_stream_was_deleted_is_finished(
+    settings: Settings, js: Any
+) -> None:
+    """The process died after step 4: no work stream, the unacked messages aside in
+    the migration stream, which also says where the old numbering ended."""
+    moving = f"sluice_migration.{settings.stream}"
+    await js.add_stream(
+        api.StreamConfig(
+            name=f"{settings.stream}_MIGRATION",
+            subjects=[f"{moving}.>"],
+            metadata={"sluice_first_seq": "100"},
+        )
+    )
+    for i in range(2):
+        await js.publish(
+            f"{moving}.{settings.subject('facebook')}", b"f%d" % i, headers={"Nats-Msg-Id": f"f{i}"}
+        )
+    async with JetStreamBus.connect(settings) as bus:
+        work = await js.stream_info(settings.stream)
+        assert (work.state.first_seq, work.state.messages) == (100, 2)
+        assert await take_all(bus, "facebook", 2) == [b"f0", b"f1"]
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await js.stream_info(f"{settings.stream}_MIGRATION")
+    assert await drained(js, settings.stream) == 0
+    assert await history_payloads(js, settings) == [b"f0", b"f1"]
