@@ -117,8 +117,6 @@ class Metrics:
             "Dead letters stored and not yet replayed (sampled from PostgreSQL)",
             registry=r,
         )
-        self.webhook_duplicates = 0
-        """The part of `events_duplicate` the webhook counted (never accepted)."""
         self.consumer_ack_floor = Gauge(
             "consumer_ack_floor",
             "Stream sequence up to which the source's consumer has every message acked",

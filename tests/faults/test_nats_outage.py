@@ -89,7 +89,7 @@ def test_a_paused_nats_server_is_answered_503_within_the_publish_timeout(
                     continue
                 assert status == 503, running.output
                 assert retry_after is not None
-                assert took < PUBLISH_TIMEOUT + 1.0, f"answered after {took:.1f} s"
+                assert took < PUBLISH_TIMEOUT + 1.5, f"answered after {took:.1f} s"
             assert sum(status == 503 for status, _, _ in during) > 0
 
             os.kill(server.pid, signal.SIGCONT)
@@ -186,7 +186,7 @@ def test_a_killed_nats_server_loses_nothing_that_got_a_2xx(
                 f"no 2xx after restart: {load.statuses}",
             )
         assert set(load.statuses) <= {202, 503}, load.statuses
-        assert load.slowest < PUBLISH_TIMEOUT + 1.0, f"an answer took {load.slowest:.1f} s"
+        assert load.slowest < PUBLISH_TIMEOUT + 1.5, f"an answer took {load.slowest:.1f} s"
         counts = wait_all_stored(fresh_database_url, load.accepted)
         missing = load.accepted - set(counts)
         assert not missing, f"{len(missing)} events got a 2xx and were not stored"
