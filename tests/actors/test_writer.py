@@ -116,12 +116,12 @@ async def test_a_store_outage_holds_the_batch_signals_progress_and_takes_nothing
             send.send_nowait(queued)  # the inbox is full: the backpressure
         await trio.sleep(5.1)
         assert not held.delivery.acked and held.delivery.naks == []
-        assert held.delivery.progress == 1
+        assert held.delivery.progress_signals == 1
         while not held.delivery.acked:
             await trio.sleep(0.1)
         # retries after 0.5, 1, 2, 4, 4, 4 s: stored on the 7th try, 15.5 s in
         assert trio.current_time() - start == pytest.approx(15.5, abs=0.2)
-        assert held.delivery.progress == 3
+        assert held.delivery.progress_signals == 3
         assert held.delivery.naks == []
         await send.send(queued)
     assert sorted(store.stored) == ["a", "b", "c"]
@@ -193,16 +193,21 @@ class HangingStore(FakeStore):
         await anyio.sleep_forever()
 
 
-@pytest.mark.trio
-async def test_the_shielded_flush_ends_at_a_forced_stop_not_60_s_later(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+def hanging_writer():  # type: ignore[no-untyped-def]
     store = HangingStore()
     send, inbox = open_channel[Work](4)
     deadline = DrainDeadline()
     writer = BatchWriter(
         inbox, store, None, flush_rows=1, flush_interval=0.1, metrics=Metrics(), deadline=deadline
     )
+    return store, send, inbox, deadline, writer
+
+
+@pytest.mark.trio
+async def test_the_shielded_flush_ends_at_a_forced_stop_not_60_s_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store, send, inbox, deadline, writer = hanging_writer()
     item = work(store, "a")
     async with send, inbox, trio.open_nursery() as nursery:
         await nursery.start(writer.run)
@@ -219,12 +224,7 @@ async def test_the_shielded_flush_ends_at_a_forced_stop_not_60_s_later(
 async def test_the_shielded_flush_ends_at_the_drain_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    store = HangingStore()
-    send, inbox = open_channel[Work](4)
-    deadline = DrainDeadline()
-    writer = BatchWriter(
-        inbox, store, None, flush_rows=1, flush_interval=0.1, metrics=Metrics(), deadline=deadline
-    )
+    store, send, inbox, deadline, writer = hanging_writer()
     async with send, inbox, trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         await send.send(work(store, "a"))
