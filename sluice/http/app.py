@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from quart import Quart, Response, g, request
 
 from sluice.config import Settings
+from sluice.http.dashboard import dashboard_routes
 from sluice.http.docs import install_docs
 from sluice.http.errors import install_error_handlers
 from sluice.http.health import Health, health_routes
@@ -45,6 +46,7 @@ def create_app(deps: HttpDeps) -> Quart:
     if deps.reports is not None:
         app.extensions["sluice.reports"] = Reports(deps.reports, deps.metrics)
         app.register_blueprint(report_routes)
+        app.register_blueprint(dashboard_routes)
     app.register_blueprint(health_routes)
     install_error_handlers(app)
     install_docs(app)
