@@ -354,6 +354,14 @@ async def test_the_dashboard_shows_the_reports_numbers_in_a_real_browser(
                 assert (await page.text_content("#refreshed")).endswith("refresh paused")
                 await page.keyboard.press("Enter")  # the button still has focus
                 assert await page.get_attribute("#pause", "aria-pressed") == "false"
+                assert (await page.text_content("#refreshed")).endswith("next in 30 s")
+
+                # Refreshing on its own, at the interval chosen.
+                before = await page.text_content("#refreshed")
+                await page.select_option("#every", "10")
+                assert (await page.text_content("#refreshed")).endswith("next in 10 s")
+                await dash.refreshed(3)
+                assert await page.text_content("#refreshed") != before
                 await page.close()
             finally:
                 await browser.close()

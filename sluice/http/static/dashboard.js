@@ -371,6 +371,13 @@ function renderTop(d) {
 
 // --- refresh ----------------------------------------------------------------------------
 
+// A promise whose failure its panel shows: marked handled, so the browser logs no
+// "uncaught" error when a panel stops at an earlier failure and never awaits it.
+function handled(promise) {
+  promise.catch(() => {});
+  return promise;
+}
+
 let generation = 0;
 let timer = null;
 let paused = false;
@@ -392,6 +399,7 @@ async function showPanel(id, gen, load, render) {
   section.querySelector(".body").replaceChildren(...content);
   section.dataset.state = state;
   section.removeAttribute("aria-busy");
+  performance.mark("sluice:panel:" + id);
 }
 
 async function refresh() {
@@ -400,66 +408,68 @@ async function refresh() {
   const view = readView();
   const shown = view.source === "both" ? SOURCES : [view.source];
   const source = view.source === "both" ? null : view.source;
-  const extentLoad = getJson("/reports/extent");
-  const range = extentLoad.then((extent) => resolveRange(view, Date.now(), extent));
-  // Every panel waits for the range (it needs the extent for "all" and custom ends).
-  const ask = (path, extra) => range.then((r) => getJson(path, { from: r.from, to: r.to, source, ...extra }));
-  const once = new Map();
-  const cached = (path, extra) => {
-    const key = path + JSON.stringify(extra || {});
-    if (!once.has(key)) once.set(key, ask(path, extra));
-    return once.get(key);
-  };
-  const interval = range.then((r) => intervalFor(r));
-  const axis = Promise.all([range, interval]).then(([r, i]) => timeAxis(r, i));
-  const withInterval = (path, extra) => interval.then((i) => cached(path, { interval: i, ...extra }));
+  const extentLoad = handled(getJson("/reports/extent"));
+  const ready = handled(extentLoad.then((extent) => {
+    const range = resolveRange(view, Date.now(), extent);
+    const interval = intervalFor(range);
+    return { range, interval, axis: timeAxis(range, interval) };
+  }));
+  // Every request waits for the range (it needs the extent for "all" and custom ends),
+  // then they go out in the order asked, the cheap ones first: over a partial range,
+  // distinct users and top users/videos read raw events.
+  const ask = (path, extra, withInterval) => handled(ready.then(({ range, interval }) =>
+    getJson(path, {
+      from: range.from, to: range.to, source, ...(withInterval ? { interval } : {}), ...extra,
+    })));
+  const events = ask("/reports/events", { groupBy: "source" });
+  const series = shown.map((src) => ask("/reports/events", { groupBy: "source", source: src }, true));
+  const funnel = ask("/reports/funnel");
+  const revenue = ask("/reports/revenue", {}, true);
+  const countries = ask("/reports/countries", { limit: TOP_LIMIT });
+  const top = {};
+  for (const entity of ["campaigns", "users", "videos"]) {
+    for (const by of ["events", "revenue"]) {
+      top[`${entity}-${by}`] = ask("/reports/top", { entity, by, limit: TOP_LIMIT });
+    }
+  }
+  const demographics = ask("/reports/demographics");
 
   const panels = [
     showPanel("totals", gen, async () => ({
       shown,
       extent: await extentLoad,
-      events: await cached("/reports/events", { groupBy: "source" }),
-      revenue: await withInterval("/reports/revenue"),
-      demographics: await cached("/reports/demographics"),
+      events: await events,
+      revenue: await revenue,
+      demographics: await demographics,
     }), renderTotals),
     showPanel("events", gen, async () => ({
       shown,
-      interval: await interval,
-      axis: await axis,
-      series: await Promise.all(shown.map((src) => interval.then((i) => range.then((r) =>
-        getJson("/reports/events", { from: r.from, to: r.to, source: src, groupBy: "source", interval: i }))))),
+      interval: (await ready).interval,
+      axis: (await ready).axis,
+      series: await Promise.all(series),
     }), renderEvents),
-    showPanel("funnel", gen, () => cached("/reports/funnel"), renderFunnel),
+    showPanel("funnel", gen, () => funnel, renderFunnel),
     showPanel("revenue", gen, async () => ({
-      interval: await interval,
-      axis: await axis,
-      revenue: await withInterval("/reports/revenue"),
+      interval: (await ready).interval,
+      axis: (await ready).axis,
+      revenue: await revenue,
     }), renderRevenue),
     showPanel("demographics", gen, async () => ({
-      demographics: await cached("/reports/demographics"),
-      countries: await cached("/reports/countries", { limit: TOP_LIMIT }),
+      demographics: await demographics,
+      countries: await countries,
     }), renderDemographics),
     showPanel("top", gen, async () => {
-      const top = {};
-      await Promise.all(Object.keys(TOP_KEYS).flatMap((entity) => ["events", "revenue"].map(async (by) => {
-        top[`${entity}-${by}`] = await cached("/reports/top", { entity, by, limit: TOP_LIMIT });
-      })));
-      return { top };
+      const answers = await Promise.all(Object.values(top));
+      return { top: Object.fromEntries(Object.keys(top).map((key, i) => [key, answers[i]])) };
     }, renderTop),
   ];
-  // A failure is shown on its panel; these rejections are handled there.
-  extentLoad.catch(() => {});
-  range.catch(() => {});
-  interval.catch(() => {});
-  axis.catch(() => {});
   await Promise.all(panels);
   if (gen !== generation) return;
   refreshes += 1;
   document.body.dataset.refreshes = String(refreshes);
-  const at = new Date().toISOString().slice(11, 19);
-  $("refreshed").textContent = paused
-    ? `Last refreshed ${at} UTC; refresh paused`
-    : `Last refreshed ${at} UTC; next in ${$("every").value} s`;
+  performance.mark("sluice:refreshed"); // every panel drawn (bench/dashboard.py times it)
+  $("refreshed").textContent = `Last refreshed ${new Date().toISOString().slice(11, 19)} UTC`;
+  sayWhatIsNext();
   schedule();
 }
 
@@ -490,20 +500,31 @@ function onControlsChanged() {
   refresh();
 }
 
+// "Last refreshed ...; next in N s" or "...; refresh paused", after the timer's state.
+function sayWhatIsNext() {
+  const text = $("refreshed").textContent.replace(/; (next in \d+ s|refresh paused)$/, "");
+  if (!text.startsWith("Last refreshed")) return;
+  $("refreshed").textContent = paused ? `${text}; refresh paused` : `${text}; next in ${$("every").value} s`;
+}
+
 function onPause() {
   paused = !paused;
   const button = $("pause");
   button.setAttribute("aria-pressed", String(paused));
   button.textContent = paused ? "Resume refresh" : "Pause refresh";
-  const text = $("refreshed").textContent.replace(/; (next in \d+ s|refresh paused)$/, "");
-  $("refreshed").textContent = paused ? `${text}; refresh paused` : `${text}; next in ${$("every").value} s`;
+  sayWhatIsNext();
+  schedule();
+}
+
+function onEveryChanged() {
+  sayWhatIsNext();
   schedule();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   showControls(readView());
   for (const id of ["range", "source", "from", "to"]) $(id).addEventListener("change", onControlsChanged);
-  $("every").addEventListener("change", schedule);
+  $("every").addEventListener("change", onEveryChanged);
   $("pause").addEventListener("click", onPause);
   refresh();
 });
