@@ -14,11 +14,19 @@ SLUICE_HTTP_PORT, so Prometheus can scrape each process. Ingress does not wait f
 PostgreSQL: JetStream holds what it accepts while the database is away.
 
 Drain order is the reverse of the start order, one child at a time where it matters
-(`ChildSpec.wait_on_drain`): HTTP ingress first, until its in-flight requests (and so
-their publishes) are done; then the consumers, which in role `all` first take what
-JetStream holds for them right then (catch-up), so every event this process accepted is
-written and acked before it exits; the dedup guard and the writers end by end of stream.
-A worker's ops HTTP server stops last, so readiness stays visible during the drain.
+(`ChildSpec.wait_on_drain`), within one budget, SLUICE_DRAIN_TIMEOUT (`DrainDeadline`):
+
+1. intake (roles all, ingress): readiness off, new webhook requests 503, the ones in
+   flight (and so their publishes) finish; at most INTAKE_SHARE of the budget;
+2. the consumers, which in role `all` first take what JetStream holds for them right
+   then (catch-up), until all but FLUSH_RESERVE of the budget is spent, so every event
+   this process accepted is written and acked before it exits;
+3. the dedup guard and the writers end by end of stream; the writers' last commit and
+   acks run shielded, but never past the deadline;
+4. the HTTP server, started first, stops last: `/health/*` and `/metrics` answer until
+   the process exits.
+
+A second signal or the deadline cancels everything at once, shielded steps included.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ import anyio.abc
 
 from sluice.actors.consumer import Consumer
 from sluice.actors.dedup import DedupGuard, RecentIds
-from sluice.actors.ingress import Ingress
+from sluice.actors.ingress import Admission, Ingress
+from sluice.actors.intake import Intake
 from sluice.actors.metrics import MetricsReporter
 from sluice.actors.work import Work
 from sluice.actors.writer import BatchWriter
@@ -43,7 +52,7 @@ from sluice.config.settings import ROLES
 from sluice.edges.bus import JetStreamBus
 from sluice.edges.reports import PgReportStore
 from sluice.edges.store import PgEventStore
-from sluice.engine import ChildSpec, RestartPolicy, Supervisor, open_channel
+from sluice.engine import ChildSpec, DrainDeadline, RestartPolicy, Supervisor, open_channel
 from sluice.http.app import HttpDeps, create_app
 from sluice.http.health import Health
 from sluice.inflight import CountingEventLog, CountingSubscription
@@ -54,10 +63,15 @@ if TYPE_CHECKING:
 
     from quart import Quart
 
+    from sluice.http.webhook import Ingest
+
 
 log = logging.getLogger("sluice.app")
 
 __all__ = ["ROLES", "Engine", "open_engine", "run_until_signalled"]
+
+INTAKE_SHARE = 0.4  # of the drain budget: in-flight webhook requests at most this long
+FLUSH_RESERVE = 0.25  # of the drain budget: kept from the catch-up for the last flush
 
 
 @dataclass
@@ -107,6 +121,7 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
     needs_nats = role != "reports"
     metrics = Metrics()
     health = Health()
+    deadline = DrainDeadline()
     async with contextlib.AsyncExitStack() as stack:
         store: PgEventStore | None = None
         bus: JetStreamBus | None = None
@@ -134,7 +149,7 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
         if writes:
             assert store is not None and bus is not None
             children += await _pipeline(
-                stack, settings, metrics, store, bus, channels, catch_up=takes_events
+                stack, settings, metrics, store, bus, channels, deadline, catch_up=takes_events
             )
 
         app = _http_app(
@@ -148,6 +163,7 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
             reports=reports,
         )
         ingress_box: list[Ingress] = []
+        http_name = "http" if role == "worker" else "ingress"
 
         def make_ingress() -> Ingress:
             ingress = Ingress(
@@ -156,6 +172,14 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
                 port=settings.http_port,
                 graceful_timeout=settings.drain_timeout,
                 reuse_port=settings.http_reuse_port,
+                deadline=deadline,
+                admission=Admission(
+                    max_requests=settings.max_requests_in_flight,
+                    max_body_bytes=settings.max_body_bytes_in_flight,
+                    body_limit=settings.max_body_bytes,
+                    retry_after=settings.retry_after_seconds,
+                ),
+                name=http_name,
             )
             ingress_box[:] = [ingress]
             return ingress
@@ -174,15 +198,18 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
                 ),
             )
             children.append(reporter)
-        if role == "worker":
-            # Ops HTTP first, so it stops last: after the writers (each waited for).
-            children.insert(0, ChildSpec("http", make_ingress))
-        else:
-            children.append(ChildSpec("ingress", make_ingress, wait_on_drain=True))
+        # The HTTP server first, so it stops last: health and metrics answer to the end.
+        children.insert(0, ChildSpec(http_name, make_ingress))
+        if takes_events:
+            ingest: Ingest = app.extensions["sluice.ingest"]
+            intake = _bind(Intake, ingest.requests, health, deadline, share=INTAKE_SHARE)
+            children.append(ChildSpec("intake", intake, wait_on_drain=True))
 
         metrics.prime(sources=settings.sources, actors=[child.name for child in children])
         supervisor = Supervisor(
-            children, on_restart=lambda name, exc: metrics.actor_restarts.labels(name).inc()
+            children,
+            on_restart=lambda name, exc: metrics.actor_restarts.labels(name).inc(),
+            deadline=deadline,
         )
         stopped = anyio.Event()
         health.alive = supervisor.children_alive
@@ -216,6 +243,7 @@ async def _pipeline(
     store: PgEventStore,
     bus: JetStreamBus,
     channels: dict[str, Any],
+    deadline: DrainDeadline,
     *,
     catch_up: bool,
 ) -> list[ChildSpec]:
@@ -251,6 +279,7 @@ async def _pipeline(
                     flush_interval=settings.flush_interval,
                     metrics=metrics,
                     name=f"writer[{i}]",
+                    deadline=deadline,
                 ),
                 policy=RestartPolicy(max_restarts=10, window=60.0, backoff_max=10.0),
                 wait_on_drain=True,
@@ -283,7 +312,7 @@ async def _pipeline(
                     fetch_timeout=settings.fetch_timeout,
                     linger=settings.fetch_linger,
                     max_bytes=settings.fetch_max_bytes,
-                    catch_up=settings.drain_timeout / 2 if catch_up else 0.0,
+                    catch_up=_catch_up_budget(deadline) if catch_up else 0.0,
                 ),
             )
         )
@@ -306,6 +335,11 @@ def _http_app(
     the reports endpoints are served where `reports` is given."""
     deps = HttpDeps(settings, metrics, health, event_log=event_log, reports=reports)
     return create_app(deps)
+
+
+def _catch_up_budget(deadline: DrainDeadline) -> Callable[[], float]:
+    """What the consumers may spend catching up: the budget less the flush reserve."""
+    return lambda: deadline.share(1.0, reserve=FLUSH_RESERVE)
 
 
 def _bind(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:

@@ -135,6 +135,8 @@ class Metrics:
             registry=r,
         )
         self.events_in_flight.set_function(lambda: float(self.in_flight.total))
+        self.webhook_duplicates = 0
+        """The part of `events_duplicate` the webhook counted (never accepted)."""
         self.events_reconciliation = Gauge(
             "events_reconciliation",
             "accepted - processed - duplicate - dead-lettered - in flight (0: nothing missing)",
@@ -149,6 +151,8 @@ class Metrics:
             + _total(self.events_duplicate)
             + _total(self.events_dead_lettered)
         )
+        # Duplicates the webhook caught were never accepted: they are not owed.
+        finished -= self.webhook_duplicates
         return round(_total(self.events_accepted) - finished) - self.in_flight.total
 
     def prime(self, *, sources: Iterable[str], actors: Iterable[str]) -> None:

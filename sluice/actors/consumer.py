@@ -30,8 +30,9 @@ class Consumer(Actor):
 
     `request_stop()` ends fetching; messages already fetched are passed on, then the
     outbox is closed. Messages never acked are redelivered by JetStream. With
-    `catch_up` > 0 (set where this process's own ingress stopped first), it first takes
-    what JetStream holds for the source at that moment, for up to `catch_up` seconds.
+    `catch_up` (set where this process's own intake stopped first), it first takes what
+    JetStream holds for the source at that moment, for up to `catch_up` seconds (a
+    number, or a function asked at that moment: the drain budget left for it).
     Each fetched batch is logged with its correlation ids.
 
     With `linger` > 0, a fetch that brought less than half a batch is followed by a
@@ -57,7 +58,7 @@ class Consumer(Actor):
         batch: int,
         fetch_timeout: float,
         retry_delay: float = 1.0,
-        catch_up: float = 0.0,
+        catch_up: float | Callable[[], float] = 0.0,
         linger: float = 0.0,
         max_bytes: int | None = None,
     ) -> None:
@@ -91,7 +92,7 @@ class Consumer(Actor):
             await self._pass_on(deliveries)
             if self._linger > 0 and 0 < len(deliveries) < wanted // 2:
                 await self._pause(self._linger)
-        if self._catch_up > 0:
+        if self._catch_up:
             await self._take_what_is_left(subscription)
         await self._outbox.aclose()
 
@@ -139,7 +140,8 @@ class Consumer(Actor):
         holds for this source right now, so the events accepted here are written before
         exit. Bounded by that count and by `catch_up` seconds; anything left stays in
         JetStream for the next worker."""
-        with anyio.move_on_after(self._catch_up) as scope:
+        budget = self._catch_up() if callable(self._catch_up) else self._catch_up
+        with anyio.move_on_after(budget) as scope:
             try:
                 left, _ = await subscription.pending()
                 while left > 0:
@@ -153,7 +155,7 @@ class Consumer(Actor):
             except LogUnavailable as exc:
                 log.warning("%s: cannot catch up: %s", self.name, exc)
         if scope.cancelled_caught:
-            log.warning("%s: catch-up cut short after %.1f s", self.name, self._catch_up)
+            log.warning("%s: catch-up cut short after %.1f s", self.name, budget)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep `seconds`, or less when asked to stop meanwhile."""

@@ -1,175 +1,205 @@
-"""ingress: owns the HTTP server (uvicorn's httptools protocol) that serves the ASGI app.
+"""ingress: owns the Hypercorn server that serves the ASGI app.
 
-uvicorn is driven through its lower-level `Server.startup()` / `Server.shutdown()`:
-`Server.serve()` would install its own SIGINT/SIGTERM handlers, and sluice handles
-signals itself (`run_until_signalled`). The listening socket is bound before anything
-else, so connections queue from then on; `started()` comes once the app's lifespan
-startup is done and the socket is being served.
+Hypercorn's asyncio worker, through its public API only: `hypercorn.asyncio.serve` with a
+`Config` and a `shutdown_trigger`. The listening socket is bound here before anything
+else (so connections queue from then on) and handed to Hypercorn as `fd://`; `started()`
+comes once the app's lifespan startup is done, when Hypercorn starts serving it.
 
-Stopping: `request_stop()` stops accepting, closes idle keep-alive connections and lets
-in-flight requests finish (each connection closes after its response), for at most
-`graceful_timeout`, then runs the lifespan shutdown and returns. A cancel during that
-forces: connections are closed and their requests cancelled at once. A cancel that
-comes first (no `request_stop()`) gets the graceful stop, shielded, still bounded by
-`graceful_timeout`.
+Stopping: `request_stop()` fires the trigger. Hypercorn stops accepting, closes idle
+keep-alive connections, lets in-flight requests finish for at most `graceful_timeout`
+(and never past the drain's deadline), runs the lifespan shutdown and returns. `serve`
+is never cancelled (a cancel while it shuts down leaves its tasks behind: Hypercorn
+issue 184): it runs shielded, and a forced stop (a cancel of `run()` during the drain,
+or the drain's deadline) cancels the requests in flight instead, through `_Served`, the
+ASGI wrapper that keeps track of them, so `serve` returns at once. A cancel that comes
+before any stop request gets the graceful stop, shielded, bounded by the same deadline.
 
-uvicorn with httptools costs ~2.5x less CPU per small request than Hypercorn + h11
-(bench/stages/http_server.py; bench/README.md, "HTTP server per request").
+The request head is limited to MAX_HEAD_BYTES: h11's `max_incomplete_event_size`
+(`Config.h11_max_incomplete_size`) cuts off a head still arriving past it, and
+`_Served` refuses a whole head over it that came in one read (h11 parses a complete
+head of any size it has read): 431 and a close either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from hypercorn.utils import LifespanFailureError, LifespanTimeoutError
 
-from sluice.engine import Actor
+from sluice.engine import Actor, DrainDeadline
+from sluice.http.errors import json_bytes
 from sluice.http.front import front
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, MutableMapping
+
     from anyio.abc import TaskStatus
 
 log = logging.getLogger("sluice.ingress")
 
 KEEP_ALIVE_TIMEOUT = 75  # seconds an idle keep-alive connection stays open
-MAX_HEAD_BYTES = 16 * 1024  # request line + headers; as Hypercorn's h11 limit was
-FORCE_WAIT = 1.0  # seconds for cancelled requests to unwind when a drain is forced
+MAX_HEAD_BYTES = 16 * 1024  # request line + headers (431 over it)
 
-_HEAD_TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-)
-_HEAD_TOO_LARGE_BODY = b'{"error":"request head too large (limit %d bytes)"}' % MAX_HEAD_BYTES
+STOP_MARGIN = 1.0  # seconds of the drain's deadline the HTTP server leaves unused
 
 
-class _HeadTooLarge(Exception):
-    pass
+ALWAYS_SERVED = frozenset({"/health/live", "/health/ready", "/metrics"})
 
 
-class _CoalescedWrites:
-    """The connection's transport, with a response's head and body sent in one send().
+@dataclass(frozen=True)
+class Admission:
+    """What the server takes on at once, checked from the head, before any work.
 
-    uvicorn writes a response's head and body separately, each a send() at once (and,
-    with TCP_NODELAY, a segment each); joined, a small webhook response costs ~10% less
-    server CPU and the client reads one segment. A write is held until the next one
-    (the body after the head), which sends both at once; a write that stays alone (100
-    Continue, a body-less response) goes out at the loop's next pass (`call_soon`), or
-    before a close, or when the peer half-closes (`_Protocol.eof_received`). An abort
-    drops it, as it drops the transport's own buffer.
+    `max_requests`: requests being served (the ALWAYS_SERVED paths are not counted:
+    an orchestrator must see a busy process as alive). `max_body_bytes`: what the
+    bodies of those requests may add up to, from their Content-Length (a chunked body
+    counts as `body_limit`, the most it may be).
     """
 
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._loop = asyncio.get_running_loop()
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self._pending.append(data)
-        if len(self._pending) > 1:
-            self.flush()  # not call_soon: that would queue it behind other requests' work
-        else:
-            self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending.clear()
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+    max_requests: int = 1024
+    max_body_bytes: int = 256 * 1024 * 1024
+    body_limit: int = 16 * 1024 * 1024
+    retry_after: int = 1
 
 
-class _Protocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with a bound on the request head and one send()
-    per response (`_CoalescedWrites`).
+def _head(scope: MutableMapping[str, Any], body_limit: int) -> tuple[int, int]:
+    """The request head's size as sent (give or take the method and version), and the
+    body size it announces (0 when none; `body_limit` when chunked)."""
+    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    body = 0
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4
+        if name == b"content-length":
+            body = int(value) if value.isdigit() else 0
+        elif name == b"transfer-encoding":
+            body = body_limit
+    return size, body
 
-    httptools buffers a header however long it is (llhttp has no limit of its own), so
-    the head is counted twice, each count a lower bound of its true size: the URL and
-    headers parsed so far, and the reads that fell wholly inside the head (which is what
-    catches one endless header). Over MAX_HEAD_BYTES the answer is 431 and a close.
-    """
 
-    _in_head = False
-    _parsed = 0
-    _read = 0
-    _too_large = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[arg-type]
-        # Flow control and addresses keep the real transport; responses get the wrapper.
-        self.transport = _CoalescedWrites(self.transport)  # type: ignore[assignment]
-
-    def eof_received(self) -> None:
-        # The transport closes itself after this (no keep-alive on a half-closed
-        # connection): what the response wrote must go out first.
-        if isinstance(self.transport, _CoalescedWrites):
-            self.transport.flush()
-        super().eof_received()
-
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._parsed = self._read = 0
-        super().on_message_begin()
-
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        super().on_headers_complete()
-
-    def _count(self, size: int) -> None:
-        self._parsed += size
-        if self._parsed > MAX_HEAD_BYTES:
-            self._too_large = True
-            raise _HeadTooLarge  # feed_data raises HttpParserCallbackError: a 400 below
-
-    def data_received(self, data: bytes) -> None:
-        inside = self._in_head
-        super().data_received(data)
-        if inside and self._in_head and not self._too_large:
-            self._read += len(data)
-            if self._read > MAX_HEAD_BYTES:
-                self._too_large = True
-                self._refuse_head()
-
-    def send_400_response(self, msg: str) -> None:
-        if self._too_large:
-            self._refuse_head()
-        else:
-            super().send_400_response(msg)
-
-    def _refuse_head(self) -> None:
-        if self.transport.is_closing():
-            return
-        log.warning("request head over %d bytes: answered 431", MAX_HEAD_BYTES)
-        body = _HEAD_TOO_LARGE_BODY
-        self.transport.write(_HEAD_TOO_LARGE % (len(body), body))
-        self.transport.close()
+async def _refuse(
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    status: int,
+    message: str,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    body = json_bytes({"error": message})
+    head = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
 
 
 class LifespanFailed(RuntimeError):
-    """The app's lifespan startup failed (its error is in the log, from uvicorn)."""
+    """The app's lifespan startup failed (its error is in the log)."""
+
+
+class _Served:
+    """The app as Hypercorn serves it: admits requests (head size, `Admission`), notes
+    how its lifespan startup went, and keeps the tasks of the requests in flight so a
+    forced stop can cancel them."""
+
+    def __init__(self, app: Any, admission: Admission) -> None:
+        self.app = app
+        self._admission = admission
+        self._body_bytes = 0  # announced by the requests being served
+        self.lifespan_done = anyio.Event()
+        self.lifespan_failure: str | None = None
+        self._requests: set[asyncio.Task[Any]] = set()
+        self._counted = 0  # requests being served, but for ALWAYS_SERVED ones
+        self._cancelled = False
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        admission = self._admission
+        head, body = _head(scope, admission.body_limit)
+        if head > MAX_HEAD_BYTES:
+            log.warning("request head over %d bytes: answered 431", MAX_HEAD_BYTES)
+            message = f"request head too large (limit {MAX_HEAD_BYTES} bytes)"
+            await _refuse(send, 431, message, [(b"connection", b"close")])
+            return
+        if body > admission.body_limit:
+            body = 0  # answered 413 before its body is read
+        counted = scope["path"] not in ALWAYS_SERVED
+        if counted:
+            busy = self._busy(body)
+            if busy is not None:
+                retry = [(b"retry-after", b"%d" % admission.retry_after)]
+                await _refuse(send, 503, busy, retry)
+                return
+            self._body_bytes += body
+        task = asyncio.current_task()
+        assert task is not None
+        if self._cancelled:
+            task.cancel()
+        self._requests.add(task)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._requests.discard(task)
+            if counted:
+                self._counted -= 1
+                self._body_bytes -= body
+
+    def _busy(self, body: int) -> str | None:
+        """Why a request cannot be taken now (None: it is admitted and counted)."""
+        admission = self._admission
+        if self._counted >= admission.max_requests:
+            return f"too many requests at once (limit {admission.max_requests}); retry later"
+        if body and self._body_bytes + body > admission.max_body_bytes:
+            return f"too many request bytes at once (limit {admission.max_body_bytes}); retry later"
+        self._counted += 1
+        return None
+
+    async def _lifespan(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        async def noting_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                self.lifespan_failure = message.get("message") or "lifespan startup failed"
+                self.lifespan_done.set()
+            elif message["type"] == "lifespan.startup.complete":
+                self.lifespan_done.set()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_send)
+        finally:
+            # An app without lifespan support raises at once: Hypercorn serves it without.
+            self.lifespan_done.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._requests)
+
+    def cancel_requests(self) -> None:
+        """Cancel every request in flight, and any that starts from now on."""
+        self._cancelled = True
+        for task in list(self._requests):
+            task.cancel()
 
 
 class Ingress(Actor):
@@ -184,20 +214,30 @@ class Ingress(Actor):
         graceful_timeout: float,
         backlog: int = 1024,
         reuse_port: bool = False,
+        deadline: DrainDeadline | None = None,
+        admission: Admission | None = None,
+        name: str = "ingress",
     ) -> None:
+        self.name = name
         self._app = app
         self._host = host
         self._port = port
         self._graceful_timeout = graceful_timeout
         self._backlog = backlog
         self._reuse_port = reuse_port
-        self._shutdown = anyio.Event()
+        self._deadline = deadline if deadline is not None else DrainDeadline()
+        self._admission = admission if admission is not None else Admission()
+        self._stop_requested = anyio.Event()
+        self._wake = anyio.Event()  # a stop request, or the server ended by itself
+        self._trigger = anyio.Event()  # Hypercorn's shutdown trigger
+        self._served_out = anyio.Event()  # serve() has returned
         self.bound: tuple[str, int] | None = None
-        self.server: uvicorn.Server | None = None
-        """The running server (tests look at its connections)."""
+        self.served: _Served | None = None
+        """The app as served (tests look at the requests in flight)."""
 
     def request_stop(self) -> None:
-        self._shutdown.set()
+        self._stop_requested.set()
+        self._wake.set()
 
     def _listen(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
@@ -207,7 +247,7 @@ class Ingress(Actor):
             if self._reuse_port:
                 # Several processes bind this port; the kernel balances connections.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            # Accepted sockets inherit it (and uvloop sets it on them too).
+            # Accepted sockets inherit it: a small response goes out at once.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((self._host, self._port))
             sock.listen(self._backlog)
@@ -216,76 +256,114 @@ class Ingress(Actor):
             raise
         return sock
 
-    def _config(self) -> uvicorn.Config:
-        config = uvicorn.Config(
-            front(self._app),  # the webhook served raw, beside Quart for the rest
-            http=_Protocol,
-            ws="none",
-            # As Hypercorn did: an app that does not speak lifespan is served without it;
-            # one that reports a failed startup is not served.
-            lifespan="auto",
-            interface="asgi3",
-            log_config=None,  # sluice configures logging; uvicorn.error propagates to it
-            access_log=False,
-            proxy_headers=False,
-            server_header=False,
-            backlog=self._backlog,
-            timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
-            # A float is fine: uvicorn hands it to asyncio.wait_for.
-            timeout_graceful_shutdown=self._graceful_timeout,  # type: ignore[arg-type]
-        )
-        config.load()
+    def _config(self, fd: int) -> Config:
+        config = Config()
+        config.bind = [f"fd://{fd}"]
+        config.backlog = self._backlog
+        config.graceful_timeout = self._graceful_timeout
+        config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
+        # No per-read timeout: in Python 3.11 each would cost a Task per read, and a
+        # client trickling a byte at a time resets it anyway. A head still arriving is
+        # cut at keep_alive_timeout (the connection counts as idle until it is whole).
+        config.read_timeout = None
+        config.h11_max_incomplete_size = MAX_HEAD_BYTES
+        config.include_server_header = False
+        config.accesslog = None  # the webhook logs its own line; Quart's routes are timed
+        config.errorlog = logging.getLogger("sluice.hypercorn")
         return config
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         sock = self._listen()
         host, port = sock.getsockname()[:2]
         self.bound = (host, port)
-        log.info("listening on http://%s:%d", host, port)
-        server = uvicorn.Server(self._config())
-        server.lifespan = server.config.lifespan_class(server.config)
-        await server.on_tick(0)  # the Date header, before the first request
+        # The webhook served raw, Quart for the rest.
+        served = _Served(front(self._app), self._admission)
+        # Hypercorn owns the socket from here on, and closes it as it stops accepting.
+        socket_inode = os.fstat(sock.fileno()).st_ino
+        handed = sock.detach()
+        config = self._config(handed)
+        failure: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def serve_until_triggered() -> None:
+                nonlocal failure
+                try:
+                    with anyio.CancelScope(shield=True):
+                        app: Any = served  # an ASGI 3 app, as Hypercorn's types spell it
+                        await serve(app, config, shutdown_trigger=self._trigger.wait, mode="asgi")
+                except Exception as exc:
+                    failure = exc
+                finally:
+                    _close_if_unserved(handed, socket_inode)
+                    self._served_out.set()
+                    served.lifespan_done.set()
+                    self._wake.set()
+
+            tg.start_soon(serve_until_triggered)
+            await served.lifespan_done.wait()
+            if served.lifespan_failure is None and not self._served_out.is_set():
+                log.info("listening on http://%s:%d", host, port)
+                self.served = served
+                task_status.started()
+                await self._stop(served, config)
+            self._trigger.set()
+        if served.lifespan_failure is not None or isinstance(
+            failure, (LifespanFailureError, LifespanTimeoutError)
+        ):
+            raise LifespanFailed(served.lifespan_failure or str(failure)) from failure
+        if failure is not None:
+            raise failure
+        if not self._stop_requested.is_set():
+            raise RuntimeError(f"{self.name}: the HTTP server stopped by itself")
+
+    async def _stop(self, served: _Served, config: Config) -> None:
+        """Wait for a stop request, then stop gracefully; a cancel during that forces."""
         try:
-            # Runs the app's lifespan startup, then serves the socket (which it now owns).
-            await server.startup(sockets=[sock])
-        except SystemExit as exc:  # uvicorn's answer to a failed lifespan startup
-            sock.close()
-            raise LifespanFailed("the app's lifespan startup failed") from exc
-        except BaseException:
-            sock.close()
-            raise
-        self.server = server
-        task_status.started()
-        try:
-            await self._serve(server)
+            await self._wake.wait()
         except anyio.get_cancelled_exc_class():
-            # Cancelled before any stop request: stop gracefully all the same.
-            with anyio.CancelScope(shield=True):
-                await server.shutdown()
+            # Cancelled before any stop request: stop gracefully all the same (shielded,
+            # bounded by the drain's deadline).
+            with self._deadline.shield(self._graceful_timeout) as scope:
+                self._begin_graceful_stop(config)
+                await self._served_out.wait()
+            if scope.cancelled_caught:
+                self._force(served)
             raise
+        if self._served_out.is_set():
+            return  # the server ended by itself: run() says why
+        self._begin_graceful_stop(config)
         try:
-            await server.shutdown()  # graceful, up to graceful_timeout
+            await self._served_out.wait()
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await self._force(server)
+            self._force(served)
             raise
 
-    async def _serve(self, server: uvicorn.Server) -> None:
-        while not self._shutdown.is_set():
-            await server.on_tick(0)  # refreshes the Date header uvicorn adds
-            with anyio.move_on_after(1.0):
-                await self._shutdown.wait()
+    def _begin_graceful_stop(self, config: Config) -> None:
+        # Read by Hypercorn once the trigger fires: in-flight requests get this long.
+        # A second short of the drain's deadline: requests still hanging then are cut,
+        # and the drain ends clean rather than forced.
+        left = max(0.0, self._deadline.remaining() - STOP_MARGIN)
+        config.graceful_timeout = min(self._graceful_timeout, left)
+        log.info(
+            "%s: stopping: finishing requests in flight (at most %.1f s)",
+            self.name,
+            config.graceful_timeout,
+        )
+        self._trigger.set()
 
-    async def _force(self, server: uvicorn.Server) -> None:
-        """A forced stop: close every connection, cancel its request, skip the lifespan."""
-        log.warning("forced stop: closing %d connections", len(server.server_state.connections))
-        server.force_exit = True
-        for instance in server.servers:
-            instance.close()
-        for connection in list(server.server_state.connections):
-            connection.transport.close()
-        tasks = list(server.server_state.tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=FORCE_WAIT)
+    def _force(self, served: _Served) -> None:
+        log.warning("%s: forced stop: cancelling %d requests", self.name, served.in_flight)
+        served.cancel_requests()
+        self._trigger.set()
+
+
+def _close_if_unserved(fd: int, inode: int) -> None:
+    """Close the socket handed to Hypercorn if it never took it (a failed lifespan
+    startup ends `serve` before it does); once taken, Hypercorn has closed it, and the
+    descriptor's number may belong to something else by now."""
+    try:
+        still_ours = os.fstat(fd).st_ino == inode
+    except OSError:
+        return
+    if still_ours:
+        os.close(fd)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from sluice.engine import Actor
+from sluice.engine import Actor, DrainDeadline
 from sluice.ports import DeadLetter, EventStore, RowsRejected, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class BatchWriter(Actor):
         metrics: Metrics,
         name: str = "writer",
         retry_delay: float = 1.0,
+        deadline: DrainDeadline | None = None,
     ) -> None:
         self.name = name
         self._inbox = inbox
@@ -52,13 +53,16 @@ class BatchWriter(Actor):
         self._flush_interval = flush_interval
         self._metrics = metrics
         self._retry_delay = retry_delay
+        self._deadline = deadline if deadline is not None else DrainDeadline()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
             batch, ended = await self._collect()
             if batch:
-                with anyio.CancelScope(shield=True):
+                # A commit and its acks are not cut by an ordinary cancel; the drain's
+                # deadline and a forced stop cut them (unacked: redelivered).
+                with self._deadline.shield(FLUSH_DEADLINE):
                     await self._flush(batch)
             if ended:
                 break

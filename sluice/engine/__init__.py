@@ -7,6 +7,7 @@ Depends only on anyio, so it runs on asyncio and trio alike. The test kit is in
 from ._actor import Actor
 from ._channels import open_channel
 from ._clock import AnyioClock, Clock
+from ._deadline import DrainDeadline
 from ._supervisor import (
     ChildSpec,
     Restart,
@@ -21,6 +22,7 @@ __all__ = [
     "AnyioClock",
     "ChildSpec",
     "Clock",
+    "DrainDeadline",
     "Restart",
     "RestartBudgetExceeded",
     "RestartPolicy",

@@ -17,6 +17,7 @@ import anyio.abc
 
 from ._actor import Actor
 from ._clock import AnyioClock, Clock
+from ._deadline import DrainDeadline
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -160,6 +161,7 @@ class Supervisor:
         clock: Clock | None = None,
         on_restart: Callable[[str, BaseException], None] | None = None,
         name: str = "supervisor",
+        deadline: DrainDeadline | None = None,
     ) -> None:
         names = [spec.name for spec in children]
         if len(set(names)) != len(names):
@@ -168,6 +170,9 @@ class Supervisor:
         self._clock: Clock = clock if clock is not None else AnyioClock()
         self._on_restart = on_restart
         self.name = name
+        self.deadline = deadline if deadline is not None else DrainDeadline()
+        """The drain's deadline: begun by `drain()`, ended by `force()`; children that
+        take part in the drain bound their steps by it."""
         self._draining = False
         self._forced = False
         self._unclean = False  # a child crashed after drain began
@@ -271,6 +276,7 @@ class Supervisor:
                 await finished.wait()
             return False
         self._draining = True
+        self.deadline.begin(timeout)
         if finished is None:
             return True
         logger.info("%s: draining (timeout %.1f s)", self.name, timeout)
@@ -313,6 +319,7 @@ class Supervisor:
         """Cancel every child now (the second signal). Restarts nothing afterwards."""
         self._draining = True
         self._forced = True
+        self.deadline.force()
         if self._scope is not None:
             self._scope.cancel()
 

@@ -18,7 +18,6 @@ from sluice.http.webhook import (
     Ingest,
     correlation_id_from,
     new_correlation_id,
-    webhook_routes,
 )
 from sluice.metrics import CONTENT_TYPE_LATEST, Metrics
 from sluice.ports import EventLog
@@ -41,8 +40,8 @@ def create_app(deps: HttpDeps) -> Quart:
     app.extensions["sluice.health"] = deps.health
     app.extensions["sluice.metrics"] = deps.metrics
     if deps.event_log is not None:
+        # Served by sluice.http.front.WebhookFront, in front of this app.
         app.extensions["sluice.ingest"] = Ingest(deps.event_log, deps.settings, deps.metrics)
-        app.register_blueprint(webhook_routes)
     if deps.reports is not None:
         app.extensions["sluice.reports"] = Reports(deps.reports, deps.metrics)
         app.register_blueprint(report_routes)

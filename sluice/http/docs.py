@@ -1,5 +1,8 @@
 """GET /openapi.json and GET /docs: the API description, generated from the code.
 
+The routes Quart does not serve itself (the webhook) are added by
+`sluice.http.webhook_docs`, from the same Structs the validator decodes with.
+
 quart-schema builds the OpenAPI document from the routes and the msgspec Structs they are
 documented with (`document_querystring` / `document_response`). /docs is Swagger UI
 served from the swagger-ui-bundle-v2 wheel's files, never from a CDN (no internet needed).
@@ -15,6 +18,8 @@ from msgspec.json import schema_components
 from quart import Blueprint, Quart, Response
 from quart_schema import QuartSchema, hide
 from quart_schema.openapi import OpenAPIProvider
+
+from sluice.http.webhook_docs import describe_unseen_routes
 
 if TYPE_CHECKING:
     from quart_schema.typing import Model
@@ -36,6 +41,11 @@ class _MsgspecProvider(OpenAPIProvider):
     (quart-schema 0.25 keeps only the first msgspec component: nested Structs would be
     dangling references and a `list[Struct]` response would read as one object.)
     """
+
+    def schema(self) -> dict[str, Any]:
+        document = super().schema()
+        describe_unseen_routes(document)
+        return document
 
     def build_querystring_parameters(
         self, model: type[Model]

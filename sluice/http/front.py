@@ -1,11 +1,11 @@
-"""The raw ASGI front: POST /webhook, /webhook/<source> and /events, before Quart.
+"""The webhook: POST /webhook, /webhook/<source> and /events, served before Quart.
 
 `WebhookFront` is an ASGI app that the HTTP server serves in front of Quart: it answers
-the webhook routes itself and passes everything else to Quart. Quart's request and app
-contexts, hooks and Response objects cost ~200 us per request, as much as validating
-and publishing 100 events; this is what the production server runs. It calls the same
-`Ingest.handle` as the Quart routes in `sluice.http.webhook`, with the same contract
-(statuses, bodies, headers).
+the webhook routes itself (their only implementation) and passes everything else to
+Quart. Quart's request and app contexts, hooks and Response objects would cost ~200 us
+per request, as much as validating and publishing 100 events. The work itself is
+`Ingest.handle` (`sluice.http.webhook`); the OpenAPI document describes these routes
+from `sluice.http.webhook_docs`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import time
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from sluice.http.errors import json_bytes
 from sluice.http.webhook import (
@@ -45,6 +47,25 @@ class _TooLarge(Exception):
     pass
 
 
+class _Slow(Exception):
+    pass
+
+
+async def _not_allowed(
+    method: str, send: Callable[[MutableMapping[str, Any]], Awaitable[None]]
+) -> None:
+    """405 for a webhook route asked with another method (OPTIONS: 204), with Allow."""
+    status = 204 if method == "OPTIONS" else 405
+    payload = b"" if status == 204 else json_bytes({"error": f"{method} not allowed; use POST"})
+    headers = [
+        *_JSON_HEADERS,
+        (b"content-length", b"%d" % len(payload)),
+        (b"allow", b"POST, OPTIONS"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
 def too_large(limit: int) -> Answer:
     return Answer(413, {"error": "request body too large (limit %d bytes)" % limit}, {})
 
@@ -52,8 +73,8 @@ def too_large(limit: int) -> Answer:
 class WebhookFront:
     """An ASGI app: POSTs to the webhook routes are answered here, all else by `app`.
 
-    Same contract as the Quart routes (see the module docstring); request latency goes
-    to the same histogram with the same route labels.
+    Request latency goes to `http_request_duration_seconds` with the route as its label,
+    as Quart's routes do.
     """
 
     def __init__(self, app: Any, ingest: Ingest, health: Health) -> None:
@@ -61,6 +82,7 @@ class WebhookFront:
         self.ingest = ingest
         self.health = health
         self._limit = ingest.settings.max_body_bytes
+        self._body_timeout = ingest.settings.body_timeout
         self._timers: dict[tuple[str, int], Any] = {}
 
     async def __call__(
@@ -69,7 +91,7 @@ class WebhookFront:
         receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
         send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
     ) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http":
             path: str = scope["path"]
             rule = _PLAIN_ROUTES.get(path)
             source: str | None = None
@@ -78,8 +100,12 @@ class WebhookFront:
                 if source and "/" not in source:
                     rule = "/webhook/<source>"
             if rule is not None:
-                await self._serve(scope, receive, send, rule, source)
-                return
+                if scope["method"] == "POST":
+                    await self._serve(scope, receive, send, rule, source)
+                    return
+                if rule != "/events":  # GET /events lists stored events (a report)
+                    await _not_allowed(scope["method"], send)
+                    return
         await self.app(scope, receive, send)
 
     async def _serve(
@@ -91,6 +117,22 @@ class WebhookFront:
         source: str | None,
     ) -> None:
         started = time.perf_counter()
+        requests = self.ingest.requests
+        requests.enter()  # before the draining check: a drain waits for this request
+        try:
+            await self._respond(scope, receive, send, rule, source, started)
+        finally:
+            requests.leave()
+
+    async def _respond(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+        rule: str,
+        source: str | None,
+        started: float,
+    ) -> None:
         content_type = length = cid = None
         for name, value in scope["headers"]:
             if name == b"content-type":
@@ -128,6 +170,7 @@ class WebhookFront:
         correlation_id: str,
     ) -> Answer:
         ingest = self.ingest
+        arrived = anyio.current_time()
         if source is not None and source not in SOURCE_NAMES:
             return unknown_source(source)
         await ingest.look_at_backlog()
@@ -138,13 +181,32 @@ class WebhookFront:
             return unsupported_type(content_type)
         if length is not None and length.isdigit() and int(length) > self._limit:
             return too_large(self._limit)
+        reading = anyio.current_time()
         try:
             body = await self._read_body(receive)
         except _TooLarge:
             return too_large(self._limit)
-        return await ingest.handle(body, route_source=source, correlation_id=correlation_id)
+        except _Slow:
+            return Answer(
+                408,
+                {"error": f"request body not received within {self._body_timeout:g} s"},
+                {"Connection": "close"},
+            )
+        # Answered within the publish timeout of the request's arrival, not counting the
+        # time the client took to send its body.
+        deadline = arrived + ingest.settings.publish_timeout + (anyio.current_time() - reading)
+        return await ingest.handle(
+            body, route_source=source, correlation_id=correlation_id, deadline=deadline
+        )
 
     async def _read_body(self, receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> bytes:
+        """The whole body; raises _TooLarge past the limit, _Slow past the body timeout."""
+        with anyio.move_on_after(self._body_timeout) as scope:
+            return await self._read_all(receive)
+        assert scope.cancelled_caught
+        raise _Slow
+
+    async def _read_all(self, receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> bytes:
         parts: list[bytes] = []
         size = 0
         while True:

@@ -5,13 +5,9 @@ with 16 KiB of events or more, gets one envelope per source, split below the ser
 max_payload; concurrent small requests for a source share envelopes (group commit:
 `sluice.http._group_commit`).
 
-The work is done by `Ingest.handle`, which knows nothing of the web framework. Two
-front ends call it with the same contract (statuses, bodies, headers):
-
-- `sluice.http.front.WebhookFront`, the raw ASGI app that the production server runs in
-  front of Quart.
-- the Quart routes below, which serve the same handler through Quart (tests, and any
-  embedding that serves the Quart app directly).
+The work is done by `Ingest.handle`, which knows nothing of the web framework; the
+routes are served by `sluice.http.front.WebhookFront`, the raw ASGI app in front of
+Quart (the only implementation of POST /webhook, /events and /webhook/<source>).
 """
 
 from __future__ import annotations
@@ -25,13 +21,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
-from quart import Blueprint, Response, current_app, g, request
 
 from sluice import envelope
-from sluice.config import Settings
+from sluice.config import Settings, mask_urls
 from sluice.http._group_commit import CORRELATION_HEADER as CORRELATION_HEADER
 from sluice.http._group_commit import GroupCommit, ServiceUnavailable
-from sluice.http.errors import json_bytes
 from sluice.metrics import Metrics
 from sluice.ports import EventLog
 from sluice.recent import RecentIds
@@ -40,8 +34,6 @@ from sluice.sources import SOURCE_NAMES, BadBody, Rejection, Validated, ValidEve
 log = logging.getLogger("sluice.webhook")
 
 BACKLOG_PROBE_INTERVAL = 0.5  # seconds between looks at the consumers' backlog
-
-webhook_routes = Blueprint("webhook", __name__)
 
 
 @runtime_checkable
@@ -60,6 +52,30 @@ class Answer:
     headers: dict[str, str]
 
 
+class RequestsInFlight:
+    """How many webhook requests are being answered; a drain waits for none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: anyio.Event | None = None
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+        if not self.count and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
+    async def wait_idle(self) -> None:
+        """Block until no request is in flight."""
+        while self.count:
+            if self._idle is None:
+                self._idle = anyio.Event()
+            await self._idle.wait()
+
+
 @dataclass
 class Ingest:
     """What the webhook needs: where to publish, how much at once, what to count."""
@@ -70,6 +86,7 @@ class Ingest:
 
     def __post_init__(self) -> None:
         settings = self.settings
+        self.requests = RequestsInFlight()
         self.inflight = anyio.Semaphore(settings.max_inflight_publishes)
         self.group_commit = GroupCommit(
             self.event_log,
@@ -83,6 +100,11 @@ class Ingest:
         self._backlog = 0
         self._backlog_at = -BACKLOG_PROBE_INTERVAL
         self._probing = False
+
+    def _count_duplicates(self, source: str, count: int) -> None:
+        """Events the webhook did not publish again: re-sent, or repeated in one body."""
+        self.metrics.events_duplicate.labels(source).inc(count)
+        self.metrics.webhook_duplicates += count
 
     def _retry_headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.settings.retry_after_seconds)}
@@ -141,23 +163,35 @@ class Ingest:
         *,
         route_source: str | None,
         correlation_id: str,
+        deadline: float | None = None,
     ) -> Answer:
         """Validate `body`, publish its valid events, and say what happened.
 
         The caller has checked draining (`refusal`), the content type and the size.
+        `deadline` (anyio clock; default: the publish timeout from now): when the
+        answer is due at the latest; a publish not acked by then is a 503.
         """
+        if deadline is None:
+            deadline = anyio.current_time() + self.settings.publish_timeout
         try:
             validated = validate_body(body, route_source=route_source)
         except BadBody as exc:
             return Answer(400, {"error": str(exc)}, {})
         rejected = list(validated.rejected)
         try:
-            accepted, duplicates = await self._publish(validated, rejected, correlation_id)
+            accepted, duplicates = await self._publish(
+                validated, rejected, correlation_id, deadline
+            )
         except ServiceUnavailable as exc:
             log.warning("publish failed: %s", exc, extra={"correlation_id": correlation_id})
             return Answer(
-                503, {"error": f"events not accepted, try again: {exc}"}, self._retry_headers()
+                503,
+                {"error": f"events not accepted, try again: {mask_urls(str(exc))}"},
+                self._retry_headers(),
             )
+        if validated.duplicates:
+            only = next(iter(validated.by_source)) if len(validated.by_source) == 1 else None
+            self._count_duplicates(route_source or only or "unknown", validated.duplicates)
         duplicates += validated.duplicates
         if rejected:
             rejected.sort(key=lambda r: r.index)
@@ -172,7 +206,8 @@ class Ingest:
                 {"index": r.index, "eventId": r.event_id, "error": r.error} for r in rejected
             ],
         }
-        status = 422 if rejected and accepted == 0 and duplicates == 0 else 202
+        # Nothing valid (an empty array included) is 422; duplicates are valid events.
+        status = 422 if accepted == 0 and duplicates == 0 else 202
         log.info(
             "%d accepted, %d duplicates, %d rejected",
             accepted,
@@ -183,7 +218,7 @@ class Ingest:
         return Answer(status, answer, {})
 
     async def _publish(
-        self, validated: Validated, rejected: list[Rejection], correlation_id: str
+        self, validated: Validated, rejected: list[Rejection], correlation_id: str, deadline: float
     ) -> tuple[int, int]:
         """Publish the valid events per source: (accepted, duplicates), once durable.
 
@@ -197,7 +232,7 @@ class Ingest:
         try:
             self.inflight.acquire_nowait()  # the usual case, without a cancel scope
         except anyio.WouldBlock:
-            with anyio.move_on_after(self.settings.publish_timeout) as scope:
+            with anyio.move_on_at(deadline) as scope:
                 await self.inflight.acquire()
             if scope.cancelled_caught:
                 raise ServiceUnavailable("too many requests in flight") from None
@@ -208,9 +243,12 @@ class Ingest:
                     _drop_oversized(events, max_bytes, rejected),
                     correlation_id=correlation_id,
                     received_at=received_at,
+                    deadline=deadline,
                 )
                 accepted += outcome.accepted
                 duplicates += outcome.duplicates
+                if outcome.duplicates:
+                    self._count_duplicates(source, outcome.duplicates)
         finally:
             self.inflight.release()
         return accepted, duplicates
@@ -235,53 +273,6 @@ def is_json(content_type: str | None) -> bool:
     return mime == "application/json" or (
         mime.startswith("application/") and mime.endswith("+json")
     )
-
-
-# --------------------------------------------------------------------------- Quart routes
-
-
-def json_response(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
-    return Response(json_bytes(body), status, headers=headers, content_type="application/json")
-
-
-def error(status: int, message: str, **extra: Any) -> Response:
-    return json_response({"error": message, **extra}, status)
-
-
-def _response(answer: Answer) -> Response:
-    return json_response(answer.body, answer.status, answer.headers or None)
-
-
-@webhook_routes.post("/webhook")
-async def webhook() -> Response:
-    return await _ingest(None)
-
-
-@webhook_routes.post("/events")
-async def events() -> Response:
-    """The same handler as /webhook, under its own name (OpenAPI operation ids)."""
-    return await _ingest(None)
-
-
-@webhook_routes.post("/webhook/<source>")
-async def webhook_for(source: str) -> Response:
-    if source not in SOURCE_NAMES:
-        return _response(unknown_source(source))
-    return await _ingest(source)
-
-
-async def _ingest(route_source: str | None) -> Response:
-    ingest: Ingest = current_app.extensions["sluice.ingest"]
-    await ingest.look_at_backlog()
-    refusal = ingest.refusal(draining=current_app.extensions["sluice.health"].draining)
-    if refusal is not None:
-        return _response(refusal)
-    if not is_json(request.content_type):
-        return _response(unsupported_type(request.content_type))
-    body = await request.get_data(cache=False, as_text=False)
-    assert isinstance(body, bytes)
-    answer = await ingest.handle(body, route_source=route_source, correlation_id=g.correlation_id)
-    return _response(answer)
 
 
 # --------------------------------------------------------------------------- helpers
