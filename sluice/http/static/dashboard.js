@@ -227,14 +227,14 @@ async function getJson(path, params) {
 
 // --- panels -----------------------------------------------------------------------------
 
+// Distinct users come later (over a partial range they are counted from raw events).
 function renderTotals(d) {
-  const users = d.shown.reduce((sum, src) => sum + (d.demographics[src] ? d.demographics[src].users : 0), 0);
   const item = (name, title, value) =>
     h("div", {}, h("dt", {}, title), h("dd", { "data-total": name }, value));
   return [h("dl", { class: "totals" },
     item("events", "Events", fmtInt(d.events.total)),
     item("revenue", "Revenue", fmtMoney(d.revenue.total)),
-    item("users", "Distinct users (per platform)", fmtInt(users)),
+    item("users", "Distinct users (per platform)", "counting…"),
     item("last", "Last stored event", fmtInstant(d.extent.last)),
   )];
 }
@@ -308,6 +308,19 @@ function renderRevenue(d) {
     ], rows)));
   }
   return out;
+}
+
+async function showUsers(gen, shown, demographics) {
+  let text;
+  try {
+    const d = await demographics;
+    text = fmtInt(shown.reduce((sum, src) => sum + (d[src] ? d[src].users : 0), 0));
+  } catch {
+    text = "unavailable (see Demographics)";
+  }
+  const cell = document.querySelector('#totals [data-total="users"]');
+  if (gen !== generation || cell === null) return;
+  cell.textContent = text;
 }
 
 function countFigure(name, title, items, key) {
@@ -436,12 +449,10 @@ async function refresh() {
 
   const panels = [
     showPanel("totals", gen, async () => ({
-      shown,
       extent: await extentLoad,
       events: await events,
       revenue: await revenue,
-      demographics: await demographics,
-    }), renderTotals),
+    }), renderTotals).then(() => showUsers(gen, shown, demographics)),
     showPanel("events", gen, async () => ({
       shown,
       interval: (await ready).interval,
