@@ -151,6 +151,22 @@ def test_lock_pins_every_runtime_dependency_with_hashes_and_nothing_else(
     assert not set(entries) & (names(extras["embedded"]) | names(extras["dev"]))
 
 
+def test_lock_versions_satisfy_pyproject(project: dict[str, Any]) -> None:
+    """A bound changed in pyproject.toml without `make lock` fails here."""
+    entries = locked()
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        pins = [re.match(r"\S+==([^\s;]+)", line) for line in entries[name]]
+        versions = [pin.group(1) for pin in pins if pin]
+        assert versions, name
+        for version in versions:
+            assert requirement.specifier.contains(version, prereleases=True), (
+                f"requirements.lock pins {name}=={version}, outside {requirement.specifier}: "
+                "run make lock"
+            )
+
+
 def dockerfile_stages() -> list[list[str]]:
     """Dockerfile instructions (continuations joined), split into stages at each FROM."""
     text = (ROOT / "Dockerfile").read_text()
