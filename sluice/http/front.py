@@ -47,6 +47,10 @@ class _TooLarge(Exception):
     pass
 
 
+class _Slow(Exception):
+    pass
+
+
 async def _not_allowed(
     method: str, send: Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ) -> None:
@@ -78,6 +82,7 @@ class WebhookFront:
         self.ingest = ingest
         self.health = health
         self._limit = ingest.settings.max_body_bytes
+        self._body_timeout = ingest.settings.body_timeout
         self._timers: dict[tuple[str, int], Any] = {}
 
     async def __call__(
@@ -181,6 +186,12 @@ class WebhookFront:
             body = await self._read_body(receive)
         except _TooLarge:
             return too_large(self._limit)
+        except _Slow:
+            return Answer(
+                408,
+                {"error": f"request body not received within {self._body_timeout:g} s"},
+                {"Connection": "close"},
+            )
         # Answered within the publish timeout of the request's arrival, not counting the
         # time the client took to send its body.
         deadline = arrived + ingest.settings.publish_timeout + (anyio.current_time() - reading)
@@ -189,6 +200,13 @@ class WebhookFront:
         )
 
     async def _read_body(self, receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> bytes:
+        """The whole body; raises _TooLarge past the limit, _Slow past the body timeout."""
+        with anyio.move_on_after(self._body_timeout) as scope:
+            return await self._read_all(receive)
+        assert scope.cancelled_caught
+        raise _Slow
+
+    async def _read_all(self, receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> bytes:
         parts: list[bytes] = []
         size = 0
         while True:
