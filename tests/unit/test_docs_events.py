@@ -139,3 +139,15 @@ def test_readme_links_the_contract_and_nothing_outside_the_repository() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "(docs/events.md)" in readme
     assert "shared/" not in readme
+
+
+def answer_statuses(text: str) -> set[str]:
+    """The status codes in the first table whose header is `| status | when | body |`."""
+    table = text.split("| status | when | body |", 1)[1].split("\n\n", 1)[0]
+    return set(re.findall(r"^\| (\d{3})\b", table, re.M))
+
+
+def test_the_doc_and_the_readme_list_the_same_webhook_answers() -> None:
+    readme = answer_statuses((ROOT / "README.md").read_text())
+    assert {"202", "422", "400", "413", "415", "429", "503"} <= readme
+    assert answer_statuses(DOC.read_text()) == readme
