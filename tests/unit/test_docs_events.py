@@ -151,3 +151,36 @@ def test_the_doc_and_the_readme_list_the_same_webhook_answers() -> None:
     readme = answer_statuses((ROOT / "README.md").read_text())
     assert {"202", "422", "400", "413", "415", "429", "503"} <= readme
     assert answer_statuses(DOC.read_text()) == readme
+
+
+# What the Limits table says today, probed against the validator: when a limit changes,
+# this fails until the table in docs/events.md says the new limit (then update the probe).
+LIMIT_PROBES = [
+    ("a 5,000-character userId: no length limit", ("data", "user", "userId"), "u" * 5000, True),
+    ("age 2**40: no range check", ("data", "user", "age"), 2**40, True),
+    ("age 31.0: a JSON integer only", ("data", "user", "age"), 31.0, False),
+    ("purchaseAmount -1: >= 0", ("data", "engagement", "purchaseAmount"), "-1", False),
+    ("purchaseAmount NaN: finite", ("data", "engagement", "purchaseAmount"), "NaN", False),
+    ("timestamp in year 1: years 0001-9999", ("timestamp",), "0001-01-01T00:00:00Z", True),
+    ("timestamp with offset past year 9999", ("timestamp",), "9999-12-31T23:00:00-02:00", False),
+]
+
+
+@pytest.mark.parametrize(("claim", "path", "value", "accepted"), LIMIT_PROBES, ids=str)
+def test_the_limits_table_says_what_the_validator_does(
+    claim: str, path: tuple[str, ...], value: object, accepted: bool
+) -> None:
+    checkout = next(
+        json.loads(b.body)
+        for b in examples()
+        if "rejected" not in b.attrs and '"checkout.complete"' in b.body
+    )
+    target = checkout
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    result = validate_body(json.dumps(checkout).encode())
+    assert (result.accepted == 1) is accepted, (
+        f"docs/events.md, Limits: {claim!r} no longer holds "
+        f"({[r.error for r in result.rejected]}): update the table and this probe"
+    )
