@@ -109,6 +109,12 @@ class JetStreamBus:
     ) -> AsyncIterator[JetStreamBus]:
         """Connect (retrying while the server comes up) and make sure the stream exists."""
         assert settings.nats_url is not None
+        closing = False
+
+        async def log_disconnect() -> None:
+            # Our own close disconnects too: not worth a warning on a clean stop.
+            log.log(logging.DEBUG if closing else logging.WARNING, "disconnected from NATS")
+
         try:
             nc = await nats.connect(
                 settings.nats_url,
@@ -118,7 +124,7 @@ class JetStreamBus:
                 connect_timeout=5,
                 allow_reconnect=True,
                 error_cb=_log_error,
-                disconnected_cb=_log_disconnect,
+                disconnected_cb=log_disconnect,
                 reconnected_cb=_log_reconnect,
             )
         except Exception as exc:
@@ -132,6 +138,7 @@ class JetStreamBus:
             # actor has returned by now; flushing sends the last acks before closing.
             with contextlib.suppress(Exception):
                 await nc.flush(timeout=2)
+            closing = True
             if not nc.is_closed:
                 await nc.close()
 
@@ -261,10 +268,6 @@ def _backoff(ack_wait: float, max_deliver: int) -> list[float]:
 
 async def _log_error(exc: Exception) -> None:
     log.warning("nats error: %r", exc)
-
-
-async def _log_disconnect() -> None:
-    log.warning("disconnected from NATS")
 
 
 async def _log_reconnect() -> None:
