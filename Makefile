@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck fmt clean bench bench-stages
+.PHONY: install run test lint typecheck fmt clean clean-data bench bench-stages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,7 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Deletes SLUICE_DATA_DIR (./.sluice): every event stored by the embedded servers.
+clean-data: $(STAMP)
+	$(BIN)/sluice reset --yes
