@@ -182,11 +182,12 @@ def exprs(panel: dict[str, Any]) -> list[str]:
 
 def test_dashboard_panels(dashboard: dict[str, Any]) -> None:
     panels = panels_by_title(dashboard)
-    assert len(panels) == len(dashboard["panels"]) == 8
+    assert len(panels) == len(dashboard["panels"])
     for title, metric in [
         ("Accepted events", "events_accepted_total"),
         ("Processed events", "events_processed_total"),
         ("Failed events", "events_failed_total"),
+        ("Rejected events", "events_rejected_total"),
     ]:
         assert panels[title]["type"] == "stat"
         (expr,) = exprs(panels[title])
@@ -194,32 +195,76 @@ def test_dashboard_panels(dashboard: dict[str, Any]) -> None:
 
     rates = panels["Events per minute: accepted, processed, failed"]
     assert rates["type"] == "timeseries"
-    assert rates["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
     expressions = exprs(rates)
     for metric in ("events_accepted_total", "events_processed_total", "events_failed_total"):
         (expr,) = [e for e in expressions if metric in e]
-        assert re.search(r"rate\(" + metric + r"\[1m\]\)\) \* 60", expr)
+        assert re.search(r"rate\(" + metric + r"\{[^}]*\}\[1m\]\)\) \* 60", expr)
 
     latency = panels["Report latency by report (p95)"]
     assert latency["type"] == "timeseries"
     (expr,) = exprs(latency)
     assert "report_duration_seconds_bucket" in expr and "by (report, le)" in expr
 
-    assert any("consumer_pending_messages" in e for e in exprs(panels["Consumer lag"]))
-    assert any("dead_letter_queue_size" in e for e in exprs(panels["DLQ size"]))
-    publish = exprs(panels["JetStream publish ack (p50, p99)"])
-    assert [e.split(",")[0] for e in publish] == [
-        "histogram_quantile(0.5",
-        "histogram_quantile(0.99",
-    ]
-    assert all("publish_ack_seconds_bucket" in e for e in publish)
+    # The issue's list: each panel there, reading the metric that means it.
+    for title, metric in [
+        ("Rejected events per minute by reason", "events_rejected_total"),
+        ("Duplicates per minute", "events_duplicate_total"),
+        ("Dead-lettered events per minute", "events_dead_lettered_total"),
+        ("DLQ size", "dead_letter_queue_size"),
+        ("429 and 503 answers per minute", "http_request_duration_seconds_count"),
+        ("Webhook latency (p50, p99)", "http_request_duration_seconds_bucket"),
+        ("JetStream publish ack (p50, p99)", "publish_ack_seconds_bucket"),
+        ("Consumer lag", "consumer_pending_messages"),
+        ("Actor restarts", "actor_restarts_total"),
+        ("CPU per process", "process_cpu_seconds_total"),
+    ]:
+        assert any(metric in e for e in exprs(panels[title])), title
+    (throttled,) = exprs(panels["429 and 503 answers per minute"])
+    assert 'status=~"429|503"' in throttled
+    assert all(
+        'route=~"/webhook.*|/events"' in e for e in exprs(panels["Webhook latency (p50, p99)"])
+    )
+    for title in ("Webhook latency (p50, p99)", "JetStream publish ack (p50, p99)"):
+        quantiles = [e.split(",")[0] for e in exprs(panels[title])]
+        assert quantiles == ["histogram_quantile(0.5", "histogram_quantile(0.99"], title
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "prometheus"
+        assert len(panel.get("description", "")) > 30, f"{panel['title']}: say what it means"
+
+
+def test_only_parts_of_a_whole_are_stacked(dashboard: dict[str, Any]) -> None:
+    """Stacking adds the lines up: right for one total split by a label, wrong for
+    accepted and processed (the same events twice) or per-instance maxima."""
+    stacked = {
+        panel["title"]
+        for panel in dashboard["panels"]
+        if panel["type"] == "timeseries"
+        and panel["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] != "none"
+    }
+    assert stacked == {"Rejected events per minute by reason"}
+
+
+def test_source_and_instance_variables_filter_the_panels(dashboard: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert set(variables) == {"source", "instance"}
+    exported = exported_names()
+    for variable in variables.values():
+        assert variable["includeAll"] and variable["multi"]
+        metric, label = re.fullmatch(
+            r"label_values\((\w+), (\w+)\)", variable["definition"]
+        ).groups()  # type: ignore[union-attr]
+        assert metric in exported and label == variable["name"]
+    for panel in dashboard["panels"]:
+        for expr in exprs(panel):
+            assert 'instance=~"$instance"' in expr, (panel["title"], expr)
+            if re.search(r"\b(events_(?!reconciliation)\w+|consumer_\w+)\{", expr):
+                assert 'source=~"$source"' in expr, (panel["title"], expr)
 
 
 def test_every_metric_in_the_dashboard_is_exported(dashboard: dict[str, Any]) -> None:
     exported = exported_names()
     promql_words = {"sum", "rate", "increase", "max", "by", "le", "histogram_quantile"}
+    # process_* and python_* come from prometheus_client's collectors, in our registry too.
     for panel in dashboard["panels"]:
         for expr in exprs(panel):
             stripped = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\([a-z_, ]*\)(?= \()", " ", expr)
