@@ -308,3 +308,76 @@ def test_the_registry_exports_the_issue_contract() -> None:
         assert families[name].type == "histogram"
     for name in ("consumer_pending_messages", "channel_depth", "events_reconciliation"):
         assert families[name].type == "gauge"
+
+
+# --------------------------------------------------------------------------- host ports
+
+HOST_PORT = re.compile(r"^(?:(?P<ip>[\d.]+):)?(?P<host>\$\{\w+:-\d+\}|\d+):(?P<container>\d+)$")
+
+
+def host_ports(service: dict[str, Any]) -> list[dict[str, str]]:
+    found = []
+    for entry in service.get("ports", []):
+        match = HOST_PORT.match(str(entry))
+        assert match, f"{entry!r}: write ports as [ip:]host:container"
+        found.append(match.groupdict())
+    return found
+
+
+def default_port(host: str) -> int:
+    return int(re.sub(r"\$\{\w+:-(\d+)\}", r"\1", host))
+
+
+def test_nats_and_postgres_are_not_published_on_the_host(services: dict[str, Any]) -> None:
+    for name in ("nats", "postgres"):
+        for port in host_ports(services[name]):  # none, or local on a non-default port
+            assert port["ip"] == "127.0.0.1", name
+            assert default_port(port["host"]) not in (4222, 8222, 5432), name
+
+
+def test_one_host_port_for_publishers_and_one_for_report_users(services: dict[str, Any]) -> None:
+    public = {
+        name: [p for p in host_ports(service) if p["ip"] in (None, "0.0.0.0")]
+        for name, service in services.items()
+    }
+    assert {name for name, ports in public.items() if ports} == {"gateway"}
+    by_container = {p["container"]: p["host"] for p in public["gateway"]}
+    assert by_container == {
+        "8000": "${SLUICE_WEBHOOK_PORT:-8000}",
+        "8080": "${SLUICE_REPORTS_PORT:-8080}",
+    }
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in services["gateway"]["volumes"]}
+    conf = (ROOT / mounts["/etc/nginx/conf.d/default.conf"].removeprefix("./")).read_text()
+    servers = {
+        listen: upstream
+        for listen, upstream in re.findall(
+            r"listen (\d+);.*?set \$\w+ (http://[\w-]+:\d+);", conf, re.S
+        )
+    }
+    assert servers == {"8000": "http://sluice-ingress:8000", "8080": "http://sluice-reports:8000"}
+    assert re.search(r"resolver 127\.0\.0\.11 valid=\d+s", conf)  # replicas found again
+    assert "client_max_body_size 0;" in conf  # sluice's own 413, not nginx's
+    for name in ("prometheus", "grafana"):
+        assert [p["ip"] for p in host_ports(services[name])] == ["127.0.0.1"], name
+    readme = (ROOT / "README.md").read_text()
+    assert "localhost:8000/webhook" in readme and "localhost:8080/reports/events" in readme
+
+
+def test_prometheus_starts_without_waiting_for_sluice(services: dict[str, Any]) -> None:
+    assert not services["prometheus"].get("depends_on")
+
+
+def test_grafana_needs_a_login_with_the_password_from_the_environment(
+    services: dict[str, Any],
+) -> None:
+    env = services["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in env
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    password = re.fullmatch(
+        r"\$\{GRAFANA_ADMIN_PASSWORD:-(\S+)\}", env["GF_SECURITY_ADMIN_PASSWORD"]
+    )
+    assert password, "the admin password comes from GRAFANA_ADMIN_PASSWORD"
+    assert password.group(1) != "admin"
+    readme = (ROOT / "README.md").read_text()
+    assert "GRAFANA_ADMIN_PASSWORD" in readme and password.group(1) in readme
