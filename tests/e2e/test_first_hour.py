@@ -75,6 +75,12 @@ def test_busy_port_migrate_and_reset_while_running_then_reset(data_dir: Path) ->
     finally:
         running.proc.send_signal(signal.SIGTERM)
     assert finish(running) == 0, "".join(running.output)
+    # A clean stop, in the dev profile's text lines: nothing to worry a person.
+    (signalled,) = [i for i, line in enumerate(running.output) if "received SIGTERM" in line]
+    stopping = running.output[signalled:]
+    worrying = [line for line in stopping if " WARNING " in line or " ERROR " in line]
+    assert worrying == [], worrying
+    assert any(" INFO " in line and "stopped (clean)" in line for line in stopping)
 
     unconfirmed = sluice("reset", data=data_dir)  # no terminal to ask on: nothing deleted
     assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
