@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import nats
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.bus")
 
 _BACKOFF_CAP = 600.0
+CONNECT_TIMEOUT = 15.0  # seconds to reach NATS at start-up (it may be coming up) before giving up
 
 
 class NatsDelivery:
@@ -107,28 +109,44 @@ class JetStreamBus:
     async def connect(
         cls, settings: Settings, *, name: str = "sluice"
     ) -> AsyncIterator[JetStreamBus]:
-        """Connect (retrying while the server comes up) and make sure the stream exists."""
+        """Connect (retrying while the server comes up, for at most CONNECT_TIMEOUT
+        seconds) and make sure the stream exists. Raises LogUnavailable when NATS cannot
+        be reached in that time."""
         assert settings.nats_url is not None
-        closing = False
+        connected = closing = False
+        last_error: Exception | None = None
+
+        async def log_error(exc: Exception) -> None:
+            nonlocal last_error
+            last_error = exc
+            # Failed attempts to reach it at start-up end in one error, not a line each.
+            log.log(logging.WARNING if connected else logging.DEBUG, "nats error: %r", exc)
 
         async def log_disconnect() -> None:
             # Our own close disconnects too: not worth a warning on a clean stop.
             log.log(logging.DEBUG if closing else logging.WARNING, "disconnected from NATS")
 
         try:
-            nc = await nats.connect(
-                settings.nats_url,
-                name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=5,
-                allow_reconnect=True,
-                error_cb=_log_error,
-                disconnected_cb=log_disconnect,
-                reconnected_cb=_log_reconnect,
-            )
+            with anyio.fail_after(CONNECT_TIMEOUT):
+                nc = await nats.connect(
+                    settings.nats_url,
+                    name=name,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=5,
+                    allow_reconnect=True,
+                    error_cb=log_error,
+                    disconnected_cb=log_disconnect,
+                    reconnected_cb=_log_reconnect,
+                )
         except Exception as exc:
-            raise LogUnavailable(f"cannot connect to NATS at {settings.nats_url}: {exc!r}") from exc
+            where = _without_credentials(settings.nats_url)
+            if isinstance(exc, TimeoutError):
+                why = f"no connection within {CONNECT_TIMEOUT:.0f} s; last error {last_error!r}"
+            else:
+                why = repr(exc)
+            raise LogUnavailable(f"cannot connect to NATS at {where}: {why}") from exc
+        connected = True
         bus = cls(nc, settings)
         try:
             await bus.ensure_stream()
@@ -266,8 +284,13 @@ def _backoff(ack_wait: float, max_deliver: int) -> list[float]:
     return delays
 
 
-async def _log_error(exc: Exception) -> None:
-    log.warning("nats error: %r", exc)
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def _log_reconnect() -> None:
