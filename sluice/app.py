@@ -42,7 +42,7 @@ import anyio.abc
 
 from sluice.actors.consumer import Consumer
 from sluice.actors.dedup import DedupGuard, RecentIds
-from sluice.actors.ingress import Ingress
+from sluice.actors.ingress import Admission, Ingress
 from sluice.actors.intake import Intake
 from sluice.actors.metrics import MetricsReporter
 from sluice.actors.work import Work
@@ -173,6 +173,12 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
                 graceful_timeout=settings.drain_timeout,
                 reuse_port=settings.http_reuse_port,
                 deadline=deadline,
+                admission=Admission(
+                    max_requests=settings.max_requests_in_flight,
+                    max_body_bytes=settings.max_body_bytes_in_flight,
+                    body_limit=settings.max_body_bytes,
+                    retry_after=settings.retry_after_seconds,
+                ),
                 name=http_name,
             )
             ingress_box[:] = [ingress]

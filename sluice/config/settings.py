@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,15 @@ class Settings:
     max_body_bytes: int = _env("SLUICE_MAX_BODY_BYTES", _positive_int, 16 * MiB)
     max_inflight_publishes: int = _env("SLUICE_MAX_INFLIGHT_PUBLISHES", _positive_int, 256)
     publish_timeout: float = _env("SLUICE_PUBLISH_TIMEOUT", _positive_float, 5.0)
+    # Admission, before any work: requests being served at once (health and metrics are
+    # always served), the bytes their bodies may add up to (from Content-Length, before
+    # reading), and how long a body may take to arrive (a head that trickles is cut at
+    # the keep-alive timeout).
+    max_requests_in_flight: int = _env("SLUICE_MAX_REQUESTS_IN_FLIGHT", _positive_int, 1024)
+    max_body_bytes_in_flight: int = _env(
+        "SLUICE_MAX_BODY_BYTES_IN_FLIGHT", _positive_int, 256 * MiB
+    )
+    body_timeout: float = _env("SLUICE_BODY_TIMEOUT", _positive_float, 30.0)
     retry_after_seconds: int = _env("SLUICE_RETRY_AFTER", _positive_int, 1)
     # 429 while more than this many messages wait in the consumers (0: never), or about
     # this many events (the messages times the events per message this process publishes).
@@ -186,6 +196,16 @@ class Settings:
                 value = ",".join(value)
             shown[f.metadata["env"]] = "" if value is None else str(value)
         return shown
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def mask_urls(text: str) -> str:
+    """`text` with the password or token of every URL in it masked (for error texts)."""
+    if "://" not in text:
+        return text
+    return _URL.sub(lambda match: _mask_one(match.group(0)), text)
 
 
 def _mask_url(url: str) -> str:

@@ -14,6 +14,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from sluice.http.errors import json_bytes
 from sluice.http.webhook import (
     Answer,
@@ -42,6 +44,10 @@ class _Disconnected(Exception):
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class _Slow(Exception):
     pass
 
 
@@ -76,6 +82,7 @@ class WebhookFront:
         self.ingest = ingest
         self.health = health
         self._limit = ingest.settings.max_body_bytes
+        self._body_timeout = ingest.settings.body_timeout
         self._timers: dict[tuple[str, int], Any] = {}
 
     async def __call__(
@@ -163,6 +170,7 @@ class WebhookFront:
         correlation_id: str,
     ) -> Answer:
         ingest = self.ingest
+        arrived = anyio.current_time()
         if source is not None and source not in SOURCE_NAMES:
             return unknown_source(source)
         await ingest.look_at_backlog()
@@ -173,13 +181,32 @@ class WebhookFront:
             return unsupported_type(content_type)
         if length is not None and length.isdigit() and int(length) > self._limit:
             return too_large(self._limit)
+        reading = anyio.current_time()
         try:
             body = await self._read_body(receive)
         except _TooLarge:
             return too_large(self._limit)
-        return await ingest.handle(body, route_source=source, correlation_id=correlation_id)
+        except _Slow:
+            return Answer(
+                408,
+                {"error": f"request body not received within {self._body_timeout:g} s"},
+                {"Connection": "close"},
+            )
+        # Answered within the publish timeout of the request's arrival, not counting the
+        # time the client took to send its body.
+        deadline = arrived + ingest.settings.publish_timeout + (anyio.current_time() - reading)
+        return await ingest.handle(
+            body, route_source=source, correlation_id=correlation_id, deadline=deadline
+        )
 
     async def _read_body(self, receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> bytes:
+        """The whole body; raises _TooLarge past the limit, _Slow past the body timeout."""
+        with anyio.move_on_after(self._body_timeout) as scope:
+            return await self._read_all(receive)
+        assert scope.cancelled_caught
+        raise _Slow
+
+    async def _read_all(self, receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> bytes:
         parts: list[bytes] = []
         size = 0
         while True:

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 
 from sluice import envelope
-from sluice.config import Settings
+from sluice.config import Settings, mask_urls
 from sluice.http._group_commit import CORRELATION_HEADER as CORRELATION_HEADER
 from sluice.http._group_commit import GroupCommit, ServiceUnavailable
 from sluice.metrics import Metrics
@@ -163,22 +163,31 @@ class Ingest:
         *,
         route_source: str | None,
         correlation_id: str,
+        deadline: float | None = None,
     ) -> Answer:
         """Validate `body`, publish its valid events, and say what happened.
 
         The caller has checked draining (`refusal`), the content type and the size.
+        `deadline` (anyio clock; default: the publish timeout from now): when the
+        answer is due at the latest; a publish not acked by then is a 503.
         """
+        if deadline is None:
+            deadline = anyio.current_time() + self.settings.publish_timeout
         try:
             validated = validate_body(body, route_source=route_source)
         except BadBody as exc:
             return Answer(400, {"error": str(exc)}, {})
         rejected = list(validated.rejected)
         try:
-            accepted, duplicates = await self._publish(validated, rejected, correlation_id)
+            accepted, duplicates = await self._publish(
+                validated, rejected, correlation_id, deadline
+            )
         except ServiceUnavailable as exc:
             log.warning("publish failed: %s", exc, extra={"correlation_id": correlation_id})
             return Answer(
-                503, {"error": f"events not accepted, try again: {exc}"}, self._retry_headers()
+                503,
+                {"error": f"events not accepted, try again: {mask_urls(str(exc))}"},
+                self._retry_headers(),
             )
         if validated.duplicates:
             only = next(iter(validated.by_source)) if len(validated.by_source) == 1 else None
@@ -209,7 +218,7 @@ class Ingest:
         return Answer(status, answer, {})
 
     async def _publish(
-        self, validated: Validated, rejected: list[Rejection], correlation_id: str
+        self, validated: Validated, rejected: list[Rejection], correlation_id: str, deadline: float
     ) -> tuple[int, int]:
         """Publish the valid events per source: (accepted, duplicates), once durable.
 
@@ -223,7 +232,7 @@ class Ingest:
         try:
             self.inflight.acquire_nowait()  # the usual case, without a cancel scope
         except anyio.WouldBlock:
-            with anyio.move_on_after(self.settings.publish_timeout) as scope:
+            with anyio.move_on_at(deadline) as scope:
                 await self.inflight.acquire()
             if scope.cancelled_caught:
                 raise ServiceUnavailable("too many requests in flight") from None
@@ -234,6 +243,7 @@ class Ingest:
                     _drop_oversized(events, max_bytes, rejected),
                     correlation_id=correlation_id,
                     received_at=received_at,
+                    deadline=deadline,
                 )
                 accepted += outcome.accepted
                 duplicates += outcome.duplicates
