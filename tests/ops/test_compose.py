@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
+from sluice.config import Settings
+from sluice.http.app import HttpDeps, create_app
+from sluice.http.health import Health
 from sluice.metrics import Metrics
+from tests.fakes import FakeEventLog
+from tests.http.test_webhook import LeanClient
 
 ROOT = Path(__file__).resolve().parents[2]
 SLUICE_SERVICES = ("sluice-ingress", "sluice-worker", "sluice-reports")
@@ -381,3 +386,18 @@ def test_grafana_needs_a_login_with_the_password_from_the_environment(
     assert password.group(1) != "admin"
     readme = (ROOT / "README.md").read_text()
     assert "GRAFANA_ADMIN_PASSWORD" in readme and password.group(1) in readme
+
+
+@pytest.mark.anyio
+async def test_the_compose_sections_webhook_example_is_accepted() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### docker-compose") :]
+    (body,) = re.findall(r"localhost:8000/webhook .*?-d '(.*?)'\n", section, re.S)
+    client = LeanClient(
+        create_app(HttpDeps(Settings(), Metrics(), Health(), event_log=FakeEventLog()))
+    )
+    response = await client.post(
+        "/webhook", data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 202
+    assert (await response.get_json())["accepted"] == 1
