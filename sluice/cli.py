@@ -321,6 +321,7 @@ def cmd_run(settings: Settings) -> int:
 
     uses_nats = role != "reports"
     uses_postgres = role != "ingress"
+    _check_port(settings)  # before seconds of starting embedded servers for nothing
     with (
         _startup_errors(),
         _servers(settings, nats=uses_nats, postgres=uses_postgres) as resolved,
@@ -362,6 +363,28 @@ def cmd_reset(settings: Settings, *, yes: bool) -> int:
     shutil.rmtree(data_dir)
     print(f"deleted {data_dir}")
     return 0
+
+
+def _check_port(settings: Settings) -> None:
+    """Raise StartupError now if the HTTP port cannot be bound (the ingress would fail
+    the same way, but only once the servers are up)."""
+    import socket
+
+    from sluice.actors.ingress import listen_error
+    from sluice.engine import FatalError
+
+    host, port = settings.http_host, settings.http_port
+    if port == 0 or settings.http_reuse_port:
+        return  # any free port; or shared on purpose with other sluice processes
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the ingress does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            error = listen_error(host, port, exc)
+            if isinstance(error, FatalError):
+                raise StartupError(str(error)) from exc
 
 
 #: Young objects are collected every this many net allocations (CPython's default: 700).

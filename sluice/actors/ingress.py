@@ -277,7 +277,7 @@ class Ingress(Actor):
         try:
             sock = self._listen()
         except OSError as exc:
-            raise _cannot_listen(self._host, self._port, exc) from exc
+            raise listen_error(self._host, self._port, exc) from exc
         host, port = sock.getsockname()[:2]
         self.bound = (host, port)
         # The webhook served raw, Quart for the rest.
@@ -361,8 +361,9 @@ class Ingress(Actor):
         self._trigger.set()
 
 
-def _cannot_listen(host: str, port: int, exc: OSError) -> Exception:
-    """A bind no restart can fix is fatal, named with the setting to change."""
+def listen_error(host: str, port: int, exc: OSError) -> Exception:
+    """What to raise for a failed bind: a FatalError naming the setting to change when no
+    restart can fix it (port in use or refused, address not here), else `exc` itself."""
     if exc.errno in (errno.EADDRINUSE, errno.EACCES):
         hint = "set SLUICE_HTTP_PORT or --port"
     elif exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):

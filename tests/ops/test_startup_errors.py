@@ -4,8 +4,10 @@ the setting to change, exit 2, no traceback."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +54,17 @@ def test_an_unreachable_nats_at_start_is_one_line_naming_nats_url() -> None:
 def test_version() -> None:
     run = sluice("--version")
     assert run.returncode == 0 and run.stdout.startswith("sluice ")
+
+
+def test_a_busy_port_stops_before_any_embedded_server_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = sluice("run", SLUICE_HTTP_PORT=str(port), SLUICE_DATA_DIR=str(tmp_path / "data"))
+    assert (run.returncode, run.stderr) == (
+        2,
+        f"sluice: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(set SLUICE_HTTP_PORT or --port)\n",
+    )
+    assert not (tmp_path / "data").exists()
