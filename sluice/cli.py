@@ -1,4 +1,4 @@
-"""The `sluice` command: run | migrate | config | publish."""
+"""The `sluice` command: run | migrate | config | health | reset | publish."""
 
 from __future__ import annotations
 
