@@ -40,9 +40,9 @@ from sluice.http.errors import json_bytes
 from sluice.http.front import front
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, MutableMapping
-
     from anyio.abc import TaskStatus
+
+    from sluice.http.asgi import Message, Receive, Scope, Send
 
 log = logging.getLogger("sluice.ingress")
 
@@ -71,7 +71,7 @@ class Admission:
     retry_after: int = 1
 
 
-def _head(scope: MutableMapping[str, Any], body_limit: int) -> tuple[int, int]:
+def _head(scope: Scope, body_limit: int) -> tuple[int, int]:
     """The request head's size as sent (give or take the method and version), and the
     body size it announces (0 when none; `body_limit` when chunked)."""
     size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
@@ -86,7 +86,7 @@ def _head(scope: MutableMapping[str, Any], body_limit: int) -> tuple[int, int]:
 
 
 async def _refuse(
-    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    send: Send,
     status: int,
     message: str,
     headers: list[tuple[bytes, bytes]],
@@ -122,9 +122,9 @@ class _Served:
 
     async def __call__(
         self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
@@ -174,11 +174,11 @@ class _Served:
 
     async def _lifespan(
         self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
-        async def noting_send(message: MutableMapping[str, Any]) -> None:
+        async def noting_send(message: Message) -> None:
             if message["type"] == "lifespan.startup.failed":
                 self.lifespan_failure = message.get("message") or "lifespan startup failed"
                 self.lifespan_done.set()

@@ -159,11 +159,23 @@ class Settings:
     sources: tuple[str, ...] = _env("SLUICE_SOURCES", _names, ("facebook", "tiktok", "generic"))
     stream: str = _env("SLUICE_STREAM", _text, "EVENTS")
     subject_prefix: str = _env("SLUICE_SUBJECT_PREFIX", _text, "events")
+    # The stream the consumers read is a work queue: a message leaves it once acked, so
+    # these bound only the backlog not yet written (past max_bytes: 503).
     stream_max_age: float = _env("SLUICE_STREAM_MAX_AGE", _positive_float, 7 * 24 * 3600.0)
-    stream_max_bytes: int = _env("SLUICE_STREAM_MAX_BYTES", _positive_int, 20 * GiB)
+    stream_max_bytes: int = _env("SLUICE_STREAM_MAX_BYTES", _positive_int, 4 * GiB)
     duplicate_window: float = _env("SLUICE_DUPLICATE_WINDOW", _positive_float, 120.0)
+    # History for replay: a second stream sourcing the first, dropping its oldest
+    # messages past these limits (it never refuses one). Default name: <stream>_HISTORY.
+    # nats-server reserves both max_bytes on its disk: 4 + 16 GiB, what one stream of
+    # 20 GiB took before.
+    history_stream: str | None = _env("SLUICE_HISTORY_STREAM", _text, None)
+    history_max_age: float = _env("SLUICE_HISTORY_MAX_AGE", _positive_float, 7 * 24 * 3600.0)
+    history_max_bytes: int = _env("SLUICE_HISTORY_MAX_BYTES", _positive_int, 16 * GiB)
 
-    ack_wait: float = _env("SLUICE_ACK_WAIT", _positive_float, 30.0)
+    # A message held past ack_wait without an ack or a progress signal is redelivered;
+    # the process that holds one signals progress every ack_wait / 3, so a short wait
+    # costs nothing while it lives and brings a dead process's messages back quickly.
+    ack_wait: float = _env("SLUICE_ACK_WAIT", _positive_float, 5.0)
     max_deliver: int = _env("SLUICE_MAX_DELIVER", _positive_int, 50)
     max_ack_pending: int = _env("SLUICE_MAX_ACK_PENDING", _positive_int, 1000)
     fetch_batch: int = _env("SLUICE_FETCH_BATCH", _positive_int, 64)
@@ -184,6 +196,10 @@ class Settings:
 
     def subject(self, source: str) -> str:
         return f"{self.subject_prefix}.{source}"
+
+    @property
+    def history_stream_name(self) -> str:
+        return self.history_stream or f"{self.stream}_HISTORY"
 
     def masked(self) -> dict[str, str]:
         """The effective settings by environment name, secrets masked."""
@@ -336,6 +352,11 @@ def _consistency(settings: Settings) -> list[str]:
         problems.append(
             f"SLUICE_FETCH_TIMEOUT={settings.fetch_timeout:g}: must be below "
             f"SLUICE_ACK_WAIT={settings.ack_wait:g}"
+        )
+    if settings.history_stream_name == settings.stream:
+        problems.append(
+            f"SLUICE_HISTORY_STREAM={settings.history_stream_name}: must differ from "
+            f"SLUICE_STREAM={settings.stream}"
         )
     if settings.flush_interval >= settings.ack_wait:
         problems.append(

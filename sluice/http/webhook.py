@@ -104,7 +104,6 @@ class Ingest:
     def _count_duplicates(self, source: str, count: int) -> None:
         """Events the webhook did not publish again: re-sent, or repeated in one body."""
         self.metrics.events_duplicate.labels(source).inc(count)
-        self.metrics.webhook_duplicates += count
 
     def _retry_headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.settings.retry_after_seconds)}

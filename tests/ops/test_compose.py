@@ -222,6 +222,8 @@ def test_dashboard_panels(dashboard: dict[str, Any]) -> None:
         ("Consumer lag", "consumer_pending_messages"),
         ("Actor restarts", "actor_restarts_total"),
         ("CPU per process", "process_cpu_seconds_total"),
+        ("Stream messages (work backlog, history)", "stream_messages"),
+        ("Stored rows by source", "events_stored_rows"),
     ]:
         assert any(metric in e for e in exprs(panels[title])), title
     (throttled,) = exprs(panels["429 and 503 answers per minute"])
@@ -297,7 +299,9 @@ def test_the_registry_exports_the_issue_contract() -> None:
         "actor_restarts": ("actor",),
         "batch_size": (),
         "batch_flush_seconds": (),
-        "events_reconciliation": (),
+        "consumer_ack_floor": ("source",),
+        "stream_messages": ("stream",),
+        "events_stored_rows": ("source",),
     }
     by_name = {
         getattr(metric, "_name", None): metric
@@ -311,7 +315,7 @@ def test_the_registry_exports_the_issue_contract() -> None:
         assert families[name].type == "counter"  # exported as <name>_total
     for name in ("batch_size", "batch_flush_seconds", "report_duration_seconds"):
         assert families[name].type == "histogram"
-    for name in ("consumer_pending_messages", "channel_depth", "events_reconciliation"):
+    for name in ("consumer_pending_messages", "channel_depth", "stream_messages"):
         assert families[name].type == "gauge"
 
 

@@ -46,7 +46,9 @@ def test_an_unreachable_nats_at_start_is_one_line_naming_nats_url() -> None:
     run = sluice("run", "--role", "ingress", NATS_URL="nats://user:secret@127.0.0.1:1")
     assert run.returncode == 2
     (line,) = run.stderr.splitlines()  # no line per failed attempt
-    assert line.startswith("sluice: cannot start: cannot connect to NATS at nats://***@127.0.0.1:1")
+    assert line.startswith(
+        "sluice: cannot start: cannot connect to NATS at nats://user:***@127.0.0.1:1"
+    )
     assert f"no connection within {CONNECT_TIMEOUT:.0f} s" in line
     assert line.endswith("(check NATS_URL)") and "secret" not in line
 
