@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # other target also needs the dev tools (pytest, ruff, mypy, uv).
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: install run test lint typecheck fmt clean bench bench-stages lock check-platforms
+.PHONY: install run test lint typecheck fmt clean clean-data bench bench-stages lock check-platforms
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,3 +61,7 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Deletes SLUICE_DATA_DIR (./.sluice): every event stored by the embedded servers.
+clean-data: $(STAMP)
+	$(BIN)/sluice reset --yes

@@ -13,6 +13,7 @@ from sluice.http.docs import install_docs
 from sluice.http.errors import install_error_handlers
 from sluice.http.health import Health, health_routes
 from sluice.http.reports import Reports, report_routes
+from sluice.http.root import root_routes
 from sluice.http.webhook import (
     CORRELATION_HEADER,
     Ingest,
@@ -47,6 +48,7 @@ def create_app(deps: HttpDeps) -> Quart:
         app.register_blueprint(report_routes)
         app.register_blueprint(dashboard_routes)
     app.register_blueprint(health_routes)
+    app.register_blueprint(root_routes)
     install_error_handlers(app)
     install_docs(app)
 
