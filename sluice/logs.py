@@ -62,7 +62,25 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(entry).decode()
 
 
+#: Text lines list at most this many items of a field; longer lists are summarised.
+TEXT_LIST_ITEMS = 3
+
+
+def _summary(items: list[Any] | tuple[Any, ...] | set[Any] | frozenset[Any]) -> str:
+    """`a,b,c`, or for a longer list its count and first item: `42 (first a)`."""
+    listed = [
+        str(item)
+        for item in (sorted(items, key=str) if isinstance(items, set | frozenset) else items)
+    ]
+    if len(listed) <= TEXT_LIST_ITEMS:
+        return ",".join(listed)
+    return f"{len(listed)} (first {listed[0]})"
+
+
 class TextFormatter(logging.Formatter):
+    """Readable lines for a person: a field holding a long list (the correlation ids of a
+    batch) is shown as its count and first item; JSON lines keep the whole list."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s%(fields)s")
 
@@ -70,7 +88,7 @@ class TextFormatter(logging.Formatter):
         shown = []
         for key, value in _fields(record).items():
             if isinstance(value, list | tuple | set | frozenset):
-                value = ",".join(str(item) for item in value)
+                value = _summary(value)
             shown.append(f" {key}={value}")
         record.fields = "".join(shown)
         return super().format(record)

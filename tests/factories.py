@@ -1,4 +1,4 @@
-"""Realistic events as the reference publisher sends them (see shared EVENTS.md).
+"""Realistic events as the reference publisher sends them (docs/events.md).
 
     make_event("tiktok", "bottom", eventType="purchase", data__user__followers=12)
     make_event("facebook", "top", data__engagement__videoId=MISSING)   # drop a field

@@ -23,6 +23,7 @@ head of any size it has read): 431 and a close either way.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -34,7 +35,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError, LifespanTimeoutError
 
-from sluice.engine import Actor, DrainDeadline
+from sluice.engine import Actor, DrainDeadline, FatalError
 from sluice.http.errors import json_bytes
 from sluice.http.front import front
 
@@ -273,7 +274,10 @@ class Ingress(Actor):
         return config
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        sock = self._listen()
+        try:
+            sock = self._listen()
+        except OSError as exc:
+            raise listen_error(self._host, self._port, exc) from exc
         host, port = sock.getsockname()[:2]
         self.bound = (host, port)
         # The webhook served raw, Quart for the rest.
@@ -355,6 +359,19 @@ class Ingress(Actor):
         log.warning("%s: forced stop: cancelling %d requests", self.name, served.in_flight)
         served.cancel_requests()
         self._trigger.set()
+
+
+def listen_error(host: str, port: int, exc: OSError) -> Exception:
+    """What to raise for a failed bind: a FatalError naming the setting to change when no
+    restart can fix it (port in use or refused, address not here), else `exc` itself."""
+    if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+        hint = "set SLUICE_HTTP_PORT or --port"
+    elif exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        hint = "set SLUICE_HTTP_HOST or --host"
+    else:
+        return exc  # e.g. out of file descriptors: a restart may well help
+    reason = (exc.strerror or str(exc)).lower()
+    return FatalError(f"cannot listen on {host}:{port}: {reason} ({hint})")
 
 
 def _close_if_unserved(fd: int, inode: int) -> None:

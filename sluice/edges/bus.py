@@ -17,6 +17,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
+from sluice.config import mask_urls
 from sluice.edges.streams import StreamKeeper
 from sluice.ports import ConsumerFigures, LogClosed, LogUnavailable, PublishAck, StreamFigures
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from sluice.config import Settings
 
 log = logging.getLogger("sluice.bus")
+
+CONNECT_TIMEOUT = 15.0  # seconds to reach NATS at start-up (it may be coming up) before giving up
 
 
 class NatsDelivery:
@@ -159,22 +162,44 @@ class JetStreamBus:
     async def connect(
         cls, settings: Settings, *, name: str = "sluice"
     ) -> AsyncIterator[JetStreamBus]:
-        """Connect (retrying while the server comes up) and make sure the stream exists."""
+        """Connect (retrying while the server comes up, for at most CONNECT_TIMEOUT
+        seconds) and make sure the stream exists. Raises LogUnavailable when NATS cannot
+        be reached in that time."""
         assert settings.nats_url is not None
+        connected = closing = False
+        last_error: Exception | None = None
+
+        async def log_error(exc: Exception) -> None:
+            nonlocal last_error
+            last_error = exc
+            # Failed attempts to reach it at start-up end in one error, not a line each.
+            log.log(logging.WARNING if connected else logging.DEBUG, "nats error: %r", exc)
+
+        async def log_disconnect() -> None:
+            # Our own close disconnects too: not worth a warning on a clean stop.
+            log.log(logging.DEBUG if closing else logging.WARNING, "disconnected from NATS")
+
         try:
-            nc = await nats.connect(
-                settings.nats_url,
-                name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=5,
-                allow_reconnect=True,
-                error_cb=_log_error,
-                disconnected_cb=_log_disconnect,
-                reconnected_cb=_log_reconnect,
-            )
+            with anyio.fail_after(CONNECT_TIMEOUT):
+                nc = await nats.connect(
+                    settings.nats_url,
+                    name=name,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=5,
+                    allow_reconnect=True,
+                    error_cb=log_error,
+                    disconnected_cb=log_disconnect,
+                    reconnected_cb=_log_reconnect,
+                )
         except Exception as exc:
-            raise LogUnavailable(f"cannot connect to NATS at {settings.nats_url}: {exc!r}") from exc
+            where = mask_urls(settings.nats_url)
+            if isinstance(exc, TimeoutError):
+                why = f"no connection within {CONNECT_TIMEOUT:.0f} s; last error {last_error!r}"
+            else:
+                why = repr(exc)
+            raise LogUnavailable(f"cannot connect to NATS at {where}: {why}") from exc
+        connected = True
         bus = cls(nc, settings)
         try:
             await bus.ensure_stream()
@@ -184,6 +209,7 @@ class JetStreamBus:
             # actor has returned by now; flushing sends the last acks before closing.
             with contextlib.suppress(Exception):
                 await nc.flush(timeout=2)
+            closing = True
             if not nc.is_closed:
                 await nc.close()
 
@@ -314,14 +340,6 @@ class JetStreamBus:
         except (nats.errors.Error, OSError) as exc:
             raise LogUnavailable(f"cannot subscribe to {subject}: {exc!r}") from exc
         return NatsMaxDeliveries(sub, self._js, self._settings.stream)
-
-
-async def _log_error(exc: Exception) -> None:
-    log.warning("nats error: %r", exc)
-
-
-async def _log_disconnect() -> None:
-    log.warning("disconnected from NATS")
 
 
 async def _log_reconnect() -> None:

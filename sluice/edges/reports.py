@@ -219,6 +219,11 @@ class PgReportStore:
         users = next((r["users"] for r in rows if r["overall"]), 0)
         return AccountTotals(by_type=by_type, active_users=users)
 
+    async def extent(self) -> tuple[datetime | None, datetime | None]:
+        async with self._snapshot() as conn:
+            first, last = await conn.fetchrow(query("report_extent"))
+        return first, last
+
     async def event(self, event_id: str) -> bytes | None:
         with _mapped():
             async with self._pool.acquire() as conn:

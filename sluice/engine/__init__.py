@@ -8,6 +8,7 @@ from ._actor import Actor
 from ._channels import open_channel
 from ._clock import AnyioClock, Clock
 from ._deadline import DrainDeadline
+from ._fatal import FatalError
 from ._supervisor import (
     ChildSpec,
     Restart,
@@ -23,6 +24,7 @@ __all__ = [
     "ChildSpec",
     "Clock",
     "DrainDeadline",
+    "FatalError",
     "Restart",
     "RestartBudgetExceeded",
     "RestartPolicy",

@@ -18,6 +18,7 @@ import anyio.abc
 from ._actor import Actor
 from ._clock import AnyioClock, Clock
 from ._deadline import DrainDeadline
+from ._fatal import FatalError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -211,8 +212,9 @@ class Supervisor:
         children if drain begins meanwhile (and still reports started).
 
         Returns normally after a drain, a `force()`, or when every child has ended.
-        Raises `RestartBudgetExceeded` (unwrapped) when a child spends its budget, after
-        the task group has cancelled its siblings; if some other error escaped at the same
+        Raises `RestartBudgetExceeded` (unwrapped) when a child spends its budget, and a
+        child's `FatalError` (unwrapped, at once, no restart), after the task group has
+        cancelled its siblings; if some other error escaped at the same
         time (rare: only non-Exception errors such as KeyboardInterrupt escape a child),
         the task group's ExceptionGroup is raised as is. Raises RuntimeError if called
         twice.
@@ -222,7 +224,7 @@ class Supervisor:
         self._finished = anyio.Event()
         self._ended = {spec.name: anyio.Event() for spec in self._specs}
         reported = False
-        escalated: RestartBudgetExceeded | None = None
+        escalated: RestartBudgetExceeded | FatalError | None = None
         try:
             try:
                 async with anyio.create_task_group() as tg:
@@ -240,7 +242,7 @@ class Supervisor:
                     task_status.started()
                     reported = True
             except BaseExceptionGroup as group:
-                escalated = _sole_budget_error(group)
+                escalated = _sole_escalation(group)
                 if escalated is None:
                     raise
             if escalated is not None:
@@ -354,6 +356,11 @@ class Supervisor:
                 actor = spec.factory()
                 self._actors[name] = actor
                 await actor.run(task_status=status)
+            except FatalError as exc:
+                # No restart can help: escalate now. Logged in full only for --debug; the
+                # caller says it in one line.
+                logger.debug("%s: %s failed fatally", self.name, name, exc_info=exc)
+                raise
             except Exception as exc:  # cancellation is a BaseException and propagates
                 error = exc
             finally:
@@ -415,11 +422,13 @@ class Supervisor:
             task_status.started()
 
 
-def _sole_budget_error(group: BaseExceptionGroup[BaseException]) -> RestartBudgetExceeded | None:
-    """The budget error if it is all the task group raised (at any nesting), else None."""
+def _sole_escalation(
+    group: BaseExceptionGroup[BaseException],
+) -> RestartBudgetExceeded | FatalError | None:
+    """The budget or fatal error if it is all the task group raised (at any nesting)."""
     while len(group.exceptions) == 1:
         (only,) = group.exceptions
-        if isinstance(only, RestartBudgetExceeded):
+        if isinstance(only, RestartBudgetExceeded | FatalError):
             return only
         if not isinstance(only, BaseExceptionGroup):
             return None

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from quart import Quart, Response, g, request
 
 from sluice.config import Settings
+from sluice.http.dashboard import dashboard_routes
 from sluice.http.docs import install_docs
 from sluice.http.errors import install_error_handlers
 from sluice.http.health import Health, health_routes
 from sluice.http.reports import Reports, report_routes
+from sluice.http.root import root_routes
 from sluice.http.webhook import (
     CORRELATION_HEADER,
     Ingest,
@@ -44,7 +46,9 @@ def create_app(deps: HttpDeps) -> Quart:
     if deps.reports is not None:
         app.extensions["sluice.reports"] = Reports(deps.reports, deps.metrics)
         app.register_blueprint(report_routes)
+        app.register_blueprint(dashboard_routes)
     app.register_blueprint(health_routes)
+    app.register_blueprint(root_routes)
     install_error_handlers(app)
     install_docs(app)
 

@@ -32,6 +32,7 @@ from sluice.reports import (
     EventPage,
     EventsQuery,
     EventsReport,
+    Extent,
     FunnelReport,
     RangeQuery,
     ReportStore,
@@ -251,6 +252,18 @@ async def account_summary(accountId: str) -> Response:
         )
 
     return await _answer("account_summary", make)
+
+
+@report_routes.get("/reports/extent")
+@_documented(None, Extent)
+async def extent_report() -> Response:
+    """The timestamps of the first and last stored event (of any source); null when none."""
+
+    async def make(r: Reports) -> Any:
+        first, last = await r.store.extent()
+        return Extent(first=first, last=last)
+
+    return await _answer("extent", make)
 
 
 # --- stored events ---------------------------------------------------------------------

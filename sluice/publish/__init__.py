@@ -2,10 +2,12 @@
 
 Sends schema-valid facebook/tiktok events (every type, realistic values) to a webhook
 as JSON arrays of `--batch` events (1 sends bare objects), at `--rate` events/s or as
-fast as the server answers, for `--total` events or `--duration` seconds (or until
-Ctrl-C), from `--concurrency` keep-alive connections. `--duplicates` re-sends events
+fast as the server answers, for `--total` events or `--duration` seconds (neither:
+DEFAULT_TOTAL events; `--forever`: until Ctrl-C), from `--concurrency` keep-alive
+connections. `--duplicates` re-sends events
 already acknowledged, `--invalid` breaks some. 429/503 answers are retried after their
-Retry-After. Prints a progress line, then sent/accepted/rejected counts and latency
+Retry-After; failed connections are retried with a backoff shared by every connection.
+Prints a progress line, then sent/accepted/rejected counts and latency
 percentiles (and, with `--json`, the same summary as JSON).
 
 The events look like live traffic (`Traffic`): users and videos repeat, drawn from pools
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = [
+    "DEFAULT_TOTAL",
     "DEFAULT_URL",
     "PublishOptions",
     "Publisher",
@@ -54,6 +57,7 @@ __all__ = [
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000/webhook"
+DEFAULT_TOTAL = 10_000  # events, when neither --total, --duration nor --forever is given
 
 
 def _ratio(text: str) -> float:
@@ -105,7 +109,7 @@ def _header(text: str) -> tuple[str, str]:
 
 _EPILOG = """\
 what the events look like:
-  Every source, stage and event type (EVENTS.md), about half facebook and half tiktok,
+  Every source, stage and event type (docs/events.md), about half facebook and half tiktok,
   with realistic values. Users come from a pool of --users per source and videos from
   a pool of --videos per source, both drawn log-uniformly: the k most active make up
   log(k+1)/log(N+1) of the events (of 100,000 users the first sends ~6% of a source's
@@ -116,6 +120,8 @@ what the events look like:
   --users 0 / --videos 0 draw a new user / video for every event; --worst-case is
   --users 0 --videos 0 --jitter 3600 --late 0 (a new user and video on every event,
   timestamps over the last hour: the most work for the database's rollups).
+  Purchase amounts are lognormal around 30.00 (most in the tens, about 1 in 100 over
+  300), between 0.50 and 5,000.00, with 2 decimal places.
 """
 
 
@@ -129,14 +135,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="webhook URL [EVENT_ENDPOINT, else %(default)s]",
     )
     parser.add_argument(
-        "--batch", type=_positive(int), default=100, help="events per request; 1 sends bare objects"
+        "--batch",
+        type=_positive(int),
+        default=100,
+        help="events per request; 1 sends bare objects [%(default)s]",
     )
     parser.add_argument(
-        "--rate", type=_positive(float), default=None, help="events/s [as fast as possible]"
+        "--rate",
+        type=_positive(float),
+        default=None,
+        help="events/s [as fast as the server answers]",
     )
-    parser.add_argument("--total", type=_positive(int), default=None, help="events to send")
     parser.add_argument(
-        "--duration", type=_positive(float), default=None, help="seconds to send for"
+        "--total",
+        type=_positive(int),
+        default=None,
+        help=f"events to send [{DEFAULT_TOTAL:,} unless --duration or --forever]",
+    )
+    parser.add_argument(
+        "--duration", type=_positive(float), default=None, help="seconds to send for [none]"
+    )
+    parser.add_argument(
+        "--forever",
+        action="store_true",
+        help="send until Ctrl-C or SIGTERM, without --total or --duration [off]",
     )
     parser.add_argument(
         "--concurrency", type=_positive(int), default=8, help="connections [%(default)s]"
@@ -152,7 +174,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="retries per request on 429/503 or a failed connection [%(default)s]",
     )
     parser.add_argument(
-        "--timeout", type=_positive(float), default=30.0, help="seconds per request"
+        "--timeout",
+        type=_positive(float),
+        default=30.0,
+        help="seconds per request [%(default)s]",
     )
     live = Traffic()
     parser.add_argument(
@@ -188,32 +213,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--worst-case",
         action="store_true",
-        help="--users 0 --videos 0 --jitter 3600 --late 0 (overrides those flags)",
+        help="--users 0 --videos 0 --jitter 3600 --late 0 (overrides those flags) [off]",
     )
-    parser.add_argument("--seed", type=int, default=None, help="random seed (reproducible runs)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="random seed, for reproducible runs [random]"
+    )
     parser.add_argument(
         "-H",
         "--header",
         type=_header,
         action="append",
         default=[],
-        help="extra request header 'Name: value' (repeatable)",
+        help="extra request header 'Name: value' (repeatable) [none]",
     )
     parser.add_argument(
-        "--progress", type=float, default=1.0, help="seconds between progress lines; 0: none"
+        "--progress",
+        type=float,
+        default=1.0,
+        help="seconds between progress lines; 0: none [%(default)s]",
     )
     parser.add_argument(
         "--json",
         type=Path,
         default=None,
         metavar="PATH",
-        help="also write the summary as JSON to PATH ('-' for stdout)",
+        help="also write the summary as JSON to PATH ('-' for stdout) [none]",
     )
 
 
 def options_from(args: argparse.Namespace) -> PublishOptions:
     if args.duplicates + args.invalid >= 1:
         raise ValueError("--duplicates plus --invalid must stay below 1")
+    if args.forever and (args.total is not None or args.duration is not None):
+        raise ValueError("--forever goes without --total and --duration")
     if args.worst_case:
         traffic = Traffic.worst_case()
     else:
@@ -228,7 +260,7 @@ def options_from(args: argparse.Namespace) -> PublishOptions:
         url=args.url,
         batch=args.batch,
         rate=args.rate,
-        total=args.total,
+        total=_total(args),
         duration=args.duration,
         concurrency=args.concurrency,
         duplicates=args.duplicates,
@@ -242,6 +274,12 @@ def options_from(args: argparse.Namespace) -> PublishOptions:
     )
 
 
+def _total(args: argparse.Namespace) -> int | None:
+    if args.total is None and args.duration is None and not args.forever:
+        return DEFAULT_TOTAL
+    return args.total  # type: ignore[no-any-return]
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     """Run `sluice publish`; exit 0 unless events failed (given up) or none were sent."""
     try:
@@ -249,6 +287,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"sluice publish: {exc}", file=sys.stderr)
         return 2
+    if args.total is None and args.duration is None and not args.forever:
+        print(
+            f"sluice publish: sending {DEFAULT_TOTAL:,} events (the default; --total, "
+            "--duration or --forever for another amount)",
+            file=sys.stderr,
+            flush=True,
+        )
     stats = run_publisher(options, loop_factory=_uvloop_factory())
     summary = {**stats.summary(), "traffic": dataclasses.asdict(options.traffic)}
     if options.progress > 0 and sys.stderr.isatty():

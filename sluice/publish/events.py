@@ -1,4 +1,4 @@
-"""Realistic facebook/tiktok events, as the reference publisher sends them (EVENTS.md).
+"""Realistic facebook/tiktok events, as the reference publisher sends them (docs/events.md).
 
     make_event("tiktok", "bottom", eventType="purchase", data__user__followers=12)
     make_event("facebook", "top", data__engagement__videoId=MISSING)   # drop a field
@@ -171,8 +171,16 @@ def override(event: dict[str, Any], path: str, value: Any) -> None:
         event[name] = value
 
 
+#: Purchase amounts: lognormal around a median of AMOUNT_MEDIAN (most in the tens, a
+#: long tail of larger baskets), within AMOUNT_MIN..AMOUNT_MAX, 2 places.
+AMOUNT_MEDIAN = 30.0
+AMOUNT_SIGMA = 1.0  # about 1 in 100 over 300
+AMOUNT_MIN, AMOUNT_MAX = 0.5, 5_000.0
+
+
 def _amount(rng: random.Random) -> str:
-    return f"{rng.randrange(1, 50_000)}.{rng.randrange(100):02d}"
+    value = rng.lognormvariate(math.log(AMOUNT_MEDIAN), AMOUNT_SIGMA)
+    return f"{min(max(value, AMOUNT_MIN), AMOUNT_MAX):.2f}"
 
 
 def _iso(moment: datetime) -> str:

@@ -1,9 +1,12 @@
 """A minimal HTTP/1.1 keep-alive client: POST a body, read the answer.
 
-General clients cost 150-400 CPU-us per request in Python; at thousands of requests a
-second on a 2-core machine that would measure the client, not the server. This one does
-only what `sluice publish` needs: one connection, one request at a time, Content-Length
-or chunked answers, `Connection: close` honoured, http and https.
+Why not a well-kept client: a load generator that shares 2 cores with the server it
+measures must cost little per request, and aiohttp 3.14 costs 3-6x this client's CPU
+per request on loopback (87 against 15 CPU-us for single events, 90 against 29 for
+arrays of 100; bench/http_client.py, results in bench/README.md); it would replace this
+one if it came within 20%. This one does only what `sluice publish` needs: one
+connection, one request at a time, Content-Length or chunked answers, `Connection:
+close` honoured, http and https.
 
 It is an `asyncio.Protocol`, not streams: a request is one `write` (head and body
 together: one send), the answer is parsed in `data_received` and hands its result to

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import email.utils
 import math
+import random
 import signal
 import sys
 import time
@@ -145,8 +146,17 @@ def retry_after_seconds(value: str | None, default: float = 1.0) -> float | None
     return max(0.0, when.timestamp() - time.time())
 
 
+#: Backoff after failed connections, shared by every worker: the delay doubles with each
+#: failure in a row from BACKOFF_INITIAL up to BACKOFF_MAX, and any answer resets it.
+BACKOFF_INITIAL = 0.1
+BACKOFF_MAX = 5.0
+
+
 class Publisher:
-    """Runs the workers; `stop()` lets requests in flight finish (retries included)."""
+    """Runs the workers; `stop()` lets requests in flight finish (retries included).
+
+    When connections fail (a stopped server) every worker waits out one shared backoff,
+    so a run against nothing makes a few attempts a second, not thousands."""
 
     def __init__(self, options: PublishOptions, *, out: TextIO | None = None) -> None:
         self.options = options
@@ -165,6 +175,9 @@ class Publisher:
         self._deadline: float | None = None
         self._t0 = 0.0
         self._progress_min = 5.0  # seconds between lines when not on a terminal (logs)
+        self._failures_in_a_row = 0  # failed connections since the last answer
+        self._retry_at = 0.0  # perf_counter time before which no worker connects
+        self._jitter = random.Random(options.seed)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -232,8 +245,13 @@ class Publisher:
         stats = self.stats
         options = self.options
         attempt = 0
+        failure = ""  # the last connection error
         while True:
             attempt += 1
+            if not await self._wait_out_backoff():
+                if failure:  # tried before, never answered
+                    self._give_up(batch, f"connection: {failure} (the run ended meanwhile)")
+                return
             if stats.first_post_at is None:
                 stats.first_post_at = time.time()
             started = time.perf_counter()
@@ -242,11 +260,13 @@ class Publisher:
             except HttpError as exc:
                 stats.requests += 1
                 stats.connection_errors += 1
+                self._connection_failed()
+                failure = str(exc)
                 if attempt > options.max_retries:
                     self._give_up(batch, f"connection: {exc}")
                     return
-                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
                 continue
+            self._failures_in_a_row = 0
             stats.latencies.append(time.perf_counter() - started)
             stats.last_answer_at = time.time()
             stats.requests += 1
@@ -268,6 +288,29 @@ class Publisher:
                 return
             self._give_up(batch, f"{status}: {answer.body[:200]!r}")
             return
+
+    def _connection_failed(self) -> None:
+        if time.perf_counter() < self._retry_at:
+            return  # failed alongside others of the same round: that backoff holds
+        self._failures_in_a_row += 1
+        delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (self._failures_in_a_row - 1))
+        delay *= 0.8 + 0.4 * self._jitter.random()  # +-20%: workers do not retry in step
+        self._retry_at = max(self._retry_at, time.perf_counter() + delay)
+
+    async def _wait_out_backoff(self) -> bool:
+        """Sleep until the shared backoff ends (at once when there is none); False if
+        the run has ended."""
+        while (delay := self._retry_at - time.perf_counter()) > 0:
+            if self._deadline is not None:
+                delay = min(delay, self._deadline - time.perf_counter())
+            if delay <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return False
+        return self._deadline is None or time.perf_counter() < self._deadline
 
     def _count(self, batch: Batch, body: bytes, *, ok: bool) -> None:
         stats = self.stats
@@ -305,12 +348,14 @@ class Publisher:
             seen = len(stats.latencies)
             rate = (stats.sent - sent) / interval
             sent = stats.sent
-            p50, p99 = _ms(percentile(recent, 50)), _ms(percentile(recent, 99))
+            latency = "no answers"
+            if recent:
+                p50, p99 = _ms(percentile(recent, 50)), _ms(percentile(recent, 99))
+                latency = f"latency p50 {p50} ms p99 {p99} ms"
             line = (
                 f"{stats.elapsed():7.1f}s  sent {stats.sent:,}  accepted {stats.accepted:,}  "
                 f"rejected {stats.rejected:,}  throttled {stats.throttled:,}  "
-                f"failed {stats.failed:,}  {rate:,.0f} events/s  "
-                f"latency p50 {p50} ms p99 {p99} ms"
+                f"failed {stats.failed:,}  {rate:,.0f} events/s  {latency}"
             )
             print(("\r" + line + "   ") if tty else line, end="" if tty else "\n", file=self._out)
             self._out.flush()
@@ -331,7 +376,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f" (without Retry-After: {summary['throttled_without_retry_after']:,}),"
         f" connection errors {summary['connection_errors']:,}",
         f"statuses: {statuses}",
-        f"latency ms: p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}",
+        f"latency ms: p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}"
+        if lat["max"] is not None
+        else "latency: none measured (no request was answered)",
     ]
     for reason, count in summary["errors"].items():
         lines.append(f"error x{count}: {reason}")

@@ -25,6 +25,7 @@ __all__ = [
     "EventGroup",
     "EventPage",
     "EventsReport",
+    "Extent",
     "FacebookAudience",
     "FollowerStats",
     "FunnelBySource",
@@ -208,6 +209,13 @@ class AccountSummary(_Body, kw_only=True):
     total: int
     active_users: int  # distinct user_id
     by_type: list[TypeCount]
+
+
+class Extent(_Body, kw_only=True):
+    """The timestamps of the first and last stored event; null when none is stored."""
+
+    first: datetime | None
+    last: datetime | None
 
 
 class EventPage(_Body, kw_only=True):

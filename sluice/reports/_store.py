@@ -137,6 +137,10 @@ class ReportStore(Protocol):
 
     async def account(self, account_id: str, lo: datetime, hi: datetime) -> AccountTotals: ...
 
+    async def extent(self) -> tuple[datetime | None, datetime | None]:
+        """The timestamps of the first and last stored event (None, None when none is)."""
+        ...
+
     async def event(self, event_id: str) -> bytes | None:
         """The stored event (JSON, with "receivedAt"), or None when unknown."""
         ...

@@ -1,4 +1,4 @@
-"""Event schemas, one module per source, and validation against them (EVENTS.md).
+"""Event schemas, one module per source, and validation against them (docs/events.md).
 
 Adding a source: write its schema module (Structs plus a `SourceSchema`) and add it to
 `_validator` below; nothing else changes.

@@ -1,4 +1,4 @@
-"""facebook: ad and page events (EVENTS.md, "facebook")."""
+"""facebook: ad and page events (docs/events.md, "facebook")."""
 
 from decimal import Decimal
 from typing import Literal

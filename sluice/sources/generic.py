@@ -1,4 +1,4 @@
-"""generic: product activity events from any publisher (EVENTS.md, "generic").
+"""generic: product activity events from any publisher (docs/events.md, "generic").
 
 A batch is a JSON array of `{event_id, account_id, user_id, type, timestamp, metadata}`
 posted to POST /webhook/generic: the route names the source, the events carry no `source`

@@ -1,4 +1,4 @@
-"""tiktok: video and profile events (EVENTS.md, "tiktok")."""
+"""tiktok: video and profile events (docs/events.md, "tiktok")."""
 
 from decimal import Decimal
 from typing import Literal

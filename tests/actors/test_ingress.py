@@ -20,7 +20,7 @@ from anyio.abc import SocketStream
 
 from sluice.actors.ingress import MAX_HEAD_BYTES, Admission, Ingress, LifespanFailed
 from sluice.config import Settings
-from sluice.engine import DrainDeadline
+from sluice.engine import DrainDeadline, FatalError
 from sluice.http.app import HttpDeps, create_app
 from sluice.http.health import Health
 from sluice.metrics import Metrics
@@ -428,7 +428,7 @@ async def test_reuse_port_lets_two_ingresses_share_a_port() -> None:
                 await stream.send(post(event_body(3)))
                 status, _, _ = await Reader(stream).response()
                 assert status == 202
-        with pytest.RaisesGroup(pytest.RaisesExc(OSError, match="in use")):
+        with pytest.RaisesGroup(pytest.RaisesExc(FatalError, match="in use")):
             async with serving(sluice_app(), port=first.bound[1]):
                 pass
 

@@ -47,6 +47,7 @@ class FakeReports:
     stored: dict[str, bytes] = field(default_factory=dict)
     page: list[StoredEvent] = field(default_factory=list)
     down: bool = False
+    extent_answer: tuple[datetime | None, datetime | None] = (None, None)
 
     def _called(self, name: str, *args: Any) -> None:
         if self.down:
@@ -76,6 +77,10 @@ class FakeReports:
     async def account(self, account_id: str, lo: datetime, hi: datetime) -> AccountTotals:
         self._called("account", account_id, lo, hi)
         return AccountTotals({"login": 2, "signup": 3}, 2)
+
+    async def extent(self) -> tuple[datetime | None, datetime | None]:
+        self._called("extent")
+        return self.extent_answer
 
     async def event(self, event_id: str) -> bytes | None:
         self._called("event", event_id)
@@ -296,6 +301,17 @@ async def test_funnel_and_top(app: Quart, store: FakeReports) -> None:
     assert top[0]["campaignId"] == "c1"
 
 
+async def test_extent_is_the_first_and_last_stored_timestamp_or_null(
+    app: Quart, store: FakeReports
+) -> None:
+    assert await get(app, "/reports/extent") == (200, {"first": None, "last": None})
+    store.extent_answer = (T0, T0.replace(hour=13, microsecond=250_000))
+    assert await get(app, "/reports/extent") == (
+        200,
+        {"first": "2025-03-10T12:00:00Z", "last": "2025-03-10T13:00:00.250000Z"},
+    )
+
+
 async def test_account_summary_defaults_to_the_last_24_hours(
     app: Quart, store: FakeReports
 ) -> None:
@@ -366,6 +382,7 @@ DOCUMENTED = [
     "/reports/countries",
     "/reports/top",
     "/reports/accounts/{accountId}/summary",
+    "/reports/extent",
     "/events/{eventId}",
     "/events",
 ]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -107,11 +110,23 @@ os.kill(os.getpid(), 9)
 """
 
 
+@pytest.fixture
+def pg_tmp_path() -> Iterator[Path]:
+    """A temporary directory for tests that run PostgreSQL, outside pytest's temporary
+    root: pytest makes that owner-only whenever a test session starts, which locks out
+    PostgreSQL (it runs as a user of its own under root) when two sessions share a machine."""
+    path = Path(tempfile.mkdtemp(prefix="sluice-test-embedded-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 # --- tests ---------------------------------------------------------------------------
 
 
-def test_data_survives_restart_and_kill_9(tmp_path: Path) -> None:
-    data_dir = tmp_path / "sluice"
+def test_data_survives_restart_and_kill_9(pg_tmp_path: Path) -> None:
+    data_dir = pg_tmp_path / "sluice"
     servers = EmbeddedServers(data_dir, nats_port=0, postgres_port=0)
     with servers as (nats_url, database_url):
         assert database_url.endswith("/sluice")
@@ -149,8 +164,8 @@ def test_data_survives_restart_and_kill_9(tmp_path: Path) -> None:
     assert _processes_on(data_dir) == []
 
 
-def test_recovers_from_leftover_servers_of_a_dead_sluice(tmp_path: Path) -> None:
-    data_dir = tmp_path / "sluice"
+def test_recovers_from_leftover_servers_of_a_dead_sluice(pg_tmp_path: Path) -> None:
+    data_dir = pg_tmp_path / "sluice"
     with EmbeddedServers(data_dir, nats_port=0, postgres_port=0) as urls:
         asyncio.run(_write(*urls))
 

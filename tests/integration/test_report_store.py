@@ -206,6 +206,14 @@ async def test_a_range_covering_everything_reads_like_all_time(
     assert (empty.groups, empty.campaigns, empty.series) == ([], [], [])
 
 
+async def test_extent_spans_the_stored_events(store: PgEventStore, reports: PgReportStore) -> None:
+    assert await reports.extent() == (None, None)
+    rows = rows_of(make_events(50, seed=4, now=NOW))
+    await store.write_batch(rows)
+    stamps = [row.occurred_at for row in rows]
+    assert await reports.extent() == (min(stamps), max(stamps))
+
+
 async def test_an_event_comes_back_with_received_at(
     store: PgEventStore, reports: PgReportStore
 ) -> None:

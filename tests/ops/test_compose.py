@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
+from sluice.config import Settings
+from sluice.http.app import HttpDeps, create_app
+from sluice.http.health import Health
 from sluice.metrics import Metrics
+from tests.fakes import FakeEventLog
+from tests.http.test_webhook import LeanClient
 
 ROOT = Path(__file__).resolve().parents[2]
 SLUICE_SERVICES = ("sluice-ingress", "sluice-worker", "sluice-reports")
@@ -182,11 +187,12 @@ def exprs(panel: dict[str, Any]) -> list[str]:
 
 def test_dashboard_panels(dashboard: dict[str, Any]) -> None:
     panels = panels_by_title(dashboard)
-    assert len(panels) == len(dashboard["panels"]) == 8
+    assert len(panels) == len(dashboard["panels"])
     for title, metric in [
         ("Accepted events", "events_accepted_total"),
         ("Processed events", "events_processed_total"),
         ("Failed events", "events_failed_total"),
+        ("Rejected events", "events_rejected_total"),
     ]:
         assert panels[title]["type"] == "stat"
         (expr,) = exprs(panels[title])
@@ -194,32 +200,78 @@ def test_dashboard_panels(dashboard: dict[str, Any]) -> None:
 
     rates = panels["Events per minute: accepted, processed, failed"]
     assert rates["type"] == "timeseries"
-    assert rates["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
     expressions = exprs(rates)
     for metric in ("events_accepted_total", "events_processed_total", "events_failed_total"):
         (expr,) = [e for e in expressions if metric in e]
-        assert re.search(r"rate\(" + metric + r"\[1m\]\)\) \* 60", expr)
+        assert re.search(r"rate\(" + metric + r"\{[^}]*\}\[1m\]\)\) \* 60", expr)
 
     latency = panels["Report latency by report (p95)"]
     assert latency["type"] == "timeseries"
     (expr,) = exprs(latency)
     assert "report_duration_seconds_bucket" in expr and "by (report, le)" in expr
 
-    assert any("consumer_pending_messages" in e for e in exprs(panels["Consumer lag"]))
-    assert any("dead_letter_queue_size" in e for e in exprs(panels["DLQ size"]))
-    publish = exprs(panels["JetStream publish ack (p50, p99)"])
-    assert [e.split(",")[0] for e in publish] == [
-        "histogram_quantile(0.5",
-        "histogram_quantile(0.99",
-    ]
-    assert all("publish_ack_seconds_bucket" in e for e in publish)
+    # The issue's list: each panel there, reading the metric that means it.
+    for title, metric in [
+        ("Rejected events per minute by reason", "events_rejected_total"),
+        ("Duplicates per minute", "events_duplicate_total"),
+        ("Dead-lettered events per minute", "events_dead_lettered_total"),
+        ("DLQ size", "dead_letter_queue_size"),
+        ("429 and 503 answers per minute", "http_request_duration_seconds_count"),
+        ("Webhook latency (p50, p99)", "http_request_duration_seconds_bucket"),
+        ("JetStream publish ack (p50, p99)", "publish_ack_seconds_bucket"),
+        ("Consumer lag", "consumer_pending_messages"),
+        ("Actor restarts", "actor_restarts_total"),
+        ("CPU per process", "process_cpu_seconds_total"),
+        ("Stream messages (work backlog, history)", "stream_messages"),
+        ("Stored rows by source", "events_stored_rows"),
+    ]:
+        assert any(metric in e for e in exprs(panels[title])), title
+    (throttled,) = exprs(panels["429 and 503 answers per minute"])
+    assert 'status=~"429|503"' in throttled
+    assert all(
+        'route=~"/webhook.*|/events"' in e for e in exprs(panels["Webhook latency (p50, p99)"])
+    )
+    for title in ("Webhook latency (p50, p99)", "JetStream publish ack (p50, p99)"):
+        quantiles = [e.split(",")[0] for e in exprs(panels[title])]
+        assert quantiles == ["histogram_quantile(0.5", "histogram_quantile(0.99"], title
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "prometheus"
+        assert len(panel.get("description", "")) > 30, f"{panel['title']}: say what it means"
+
+
+def test_only_parts_of_a_whole_are_stacked(dashboard: dict[str, Any]) -> None:
+    """Stacking adds the lines up: right for one total split by a label, wrong for
+    accepted and processed (the same events twice) or per-instance maxima."""
+    stacked = {
+        panel["title"]
+        for panel in dashboard["panels"]
+        if panel["type"] == "timeseries"
+        and panel["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] != "none"
+    }
+    assert stacked == {"Rejected events per minute by reason"}
+
+
+def test_source_and_instance_variables_filter_the_panels(dashboard: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert set(variables) == {"source", "instance"}
+    exported = exported_names()
+    for variable in variables.values():
+        assert variable["includeAll"] and variable["multi"]
+        metric, label = re.fullmatch(
+            r"label_values\((\w+), (\w+)\)", variable["definition"]
+        ).groups()  # type: ignore[union-attr]
+        assert metric in exported and label == variable["name"]
+    for panel in dashboard["panels"]:
+        for expr in exprs(panel):
+            assert 'instance=~"$instance"' in expr, (panel["title"], expr)
+            if re.search(r"\b(events_(?!reconciliation)\w+|consumer_\w+)\{", expr):
+                assert 'source=~"$source"' in expr, (panel["title"], expr)
 
 
 def test_every_metric_in_the_dashboard_is_exported(dashboard: dict[str, Any]) -> None:
     exported = exported_names()
     promql_words = {"sum", "rate", "increase", "max", "by", "le", "histogram_quantile"}
+    # process_* and python_* come from prometheus_client's collectors, in our registry too.
     for panel in dashboard["panels"]:
         for expr in exprs(panel):
             stripped = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\([a-z_, ]*\)(?= \()", " ", expr)
@@ -265,3 +317,91 @@ def test_the_registry_exports_the_issue_contract() -> None:
         assert families[name].type == "histogram"
     for name in ("consumer_pending_messages", "channel_depth", "stream_messages"):
         assert families[name].type == "gauge"
+
+
+# --------------------------------------------------------------------------- host ports
+
+HOST_PORT = re.compile(r"^(?:(?P<ip>[\d.]+):)?(?P<host>\$\{\w+:-\d+\}|\d+):(?P<container>\d+)$")
+
+
+def host_ports(service: dict[str, Any]) -> list[dict[str, str]]:
+    found = []
+    for entry in service.get("ports", []):
+        match = HOST_PORT.match(str(entry))
+        assert match, f"{entry!r}: write ports as [ip:]host:container"
+        found.append(match.groupdict())
+    return found
+
+
+def default_port(host: str) -> int:
+    return int(re.sub(r"\$\{\w+:-(\d+)\}", r"\1", host))
+
+
+def test_nats_and_postgres_are_not_published_on_the_host(services: dict[str, Any]) -> None:
+    for name in ("nats", "postgres"):
+        for port in host_ports(services[name]):  # none, or local on a non-default port
+            assert port["ip"] == "127.0.0.1", name
+            assert default_port(port["host"]) not in (4222, 8222, 5432), name
+
+
+def test_one_host_port_for_publishers_and_one_for_report_users(services: dict[str, Any]) -> None:
+    public = {
+        name: [p for p in host_ports(service) if p["ip"] in (None, "0.0.0.0")]
+        for name, service in services.items()
+    }
+    assert {name for name, ports in public.items() if ports} == {"gateway"}
+    by_container = {p["container"]: p["host"] for p in public["gateway"]}
+    assert by_container == {
+        "8000": "${SLUICE_WEBHOOK_PORT:-8000}",
+        "8080": "${SLUICE_REPORTS_PORT:-8080}",
+    }
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in services["gateway"]["volumes"]}
+    conf = (ROOT / mounts["/etc/nginx/conf.d/default.conf"].removeprefix("./")).read_text()
+    servers = {
+        listen: upstream
+        for listen, upstream in re.findall(
+            r"listen (\d+);.*?set \$\w+ (http://[\w-]+:\d+);", conf, re.S
+        )
+    }
+    assert servers == {"8000": "http://sluice-ingress:8000", "8080": "http://sluice-reports:8000"}
+    assert re.search(r"resolver 127\.0\.0\.11 valid=\d+s", conf)  # replicas found again
+    assert "client_max_body_size 0;" in conf  # sluice's own 413, not nginx's
+    for name in ("prometheus", "grafana"):
+        assert [p["ip"] for p in host_ports(services[name])] == ["127.0.0.1"], name
+    readme = (ROOT / "README.md").read_text()
+    assert "localhost:8000/webhook" in readme and "localhost:8080/reports/events" in readme
+
+
+def test_prometheus_starts_without_waiting_for_sluice(services: dict[str, Any]) -> None:
+    assert not services["prometheus"].get("depends_on")
+
+
+def test_grafana_needs_a_login_with_the_password_from_the_environment(
+    services: dict[str, Any],
+) -> None:
+    env = services["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in env
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    password = re.fullmatch(
+        r"\$\{GRAFANA_ADMIN_PASSWORD:-(\S+)\}", env["GF_SECURITY_ADMIN_PASSWORD"]
+    )
+    assert password, "the admin password comes from GRAFANA_ADMIN_PASSWORD"
+    assert password.group(1) != "admin"
+    readme = (ROOT / "README.md").read_text()
+    assert "GRAFANA_ADMIN_PASSWORD" in readme and password.group(1) in readme
+
+
+@pytest.mark.anyio
+async def test_the_compose_sections_webhook_example_is_accepted() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### docker-compose") :]
+    (body,) = re.findall(r"localhost:8000/webhook .*?-d '(.*?)'\n", section, re.S)
+    client = LeanClient(
+        create_app(HttpDeps(Settings(), Metrics(), Health(), event_log=FakeEventLog()))
+    )
+    response = await client.post(
+        "/webhook", data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 202
+    assert (await response.get_json())["accepted"] == 1

@@ -66,7 +66,7 @@ def test_a_failed_migration_rolls_back_and_stops_start_up(env: dict[str, str]) -
     sql(env["DATABASE_URL"], "create table dead_letters (nothing int)")
     run = sluice("run", env=env)
     out, err = run.communicate(timeout=60)
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert "sluice: cannot start: migration failed and was rolled back: 001_events.sql" in err
     assert 'relation "dead_letters" already exists' in err
     assert "Traceback" not in err
@@ -78,13 +78,14 @@ def test_a_failed_migration_rolls_back_and_stops_start_up(env: dict[str, str]) -
 
     migrate = sluice("migrate", env=env)
     _, err = migrate.communicate(timeout=60)
-    assert migrate.returncode == 1 and "001_events.sql" in err and "Traceback" not in err
+    assert migrate.returncode == 2 and "001_events.sql" in err and "Traceback" not in err
 
 
 def test_start_up_without_a_database_says_so(env: dict[str, str]) -> None:
     env = env | {"DATABASE_URL": "postgresql://nobody:secret@127.0.0.1:1/none"}
     run = sluice("run", "--role", "worker", env=env)
     _, err = run.communicate(timeout=60)
-    assert run.returncode == 1
-    assert "sluice: cannot start:" in err and "Traceback" not in err
+    assert run.returncode == 2
+    assert "sluice: cannot start: PostgreSQL unreachable:" in err and "Traceback" not in err
+    assert err.rstrip().endswith("(check DATABASE_URL)")
     assert "secret" not in err

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.app import Engine, open_engine
 from sluice.config import Settings
+from sluice.engine import FatalError
 from tests.factories import make_events
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -181,4 +182,5 @@ async def test_without_reuse_port_a_second_bind_fails(settings: Settings) -> Non
         with pytest.raises(ExceptionGroup) as caught:
             async with open_engine(taken, role="ingress"):
                 pass
-        assert "Address already in use" in repr(caught.value)
+        fatal = caught.value.subgroup(FatalError)  # not restarted: fatal at once
+        assert fatal is not None and "address already in use" in repr(fatal)

