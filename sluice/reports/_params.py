@@ -170,10 +170,18 @@ class EventListQuery(msgspec.Struct, kw_only=True, rename="camel"):
 def parse(struct: type[S], args: Mapping[str, str]) -> S:
     """Read query `args` into `struct`; raise BadParam naming the first bad parameter.
 
-    Parameters the struct does not declare are ignored.
+    A parameter the struct does not declare is refused (a typo such as `form=` would
+    otherwise widen the report silently to all time).
     """
+    fields = msgspec.structs.fields(struct)
+    known = [f.encode_name for f in fields]
+    unknown = [name for name in args if name not in known]
+    if unknown:
+        listed = ", ".join(repr(name[:64]) for name in unknown[:5])
+        expected = f"expected {', '.join(known)}" if known else "this report takes none"
+        raise BadParam(unknown[0][:64], f"unknown parameter {listed}; {expected}")
     values: dict[str, Any] = {}
-    for f in msgspec.structs.fields(struct):
+    for f in fields:
         raw = args.get(f.encode_name)
         if raw is None:
             if f.required:
