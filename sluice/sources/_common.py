@@ -79,9 +79,11 @@ MAX_INT8 = 2**63 - 1  # PostgreSQL bigint
 MAX_AMOUNT_DIGITS = 18
 MAX_AMOUNT_PLACES = 2
 # Event timestamps: from the Unix epoch to the end of year 9999 (Python's datetime range;
-# PostgreSQL's timestamptz and the rollups' date_trunc go further).
+# PostgreSQL's timestamptz and the rollups' date_trunc go further), but before
+# datetime.max, which asyncpg writes as PostgreSQL's `infinity`.
 MIN_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
-TIMESTAMP_RANGE = "out of range (1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z)"
+END_TIMESTAMP = datetime.max.replace(tzinfo=UTC)  # exclusive
+TIMESTAMP_RANGE = "out of range (1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999998Z)"
 
 Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
 NonEmptyId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]

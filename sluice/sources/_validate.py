@@ -16,6 +16,7 @@ import msgspec
 from sluice.ports import EventRow
 
 from ._common import (
+    END_TIMESTAMP,
     MIN_TIMESTAMP,
     TIMESTAMP_RANGE,
     BadBody,
@@ -366,7 +367,7 @@ def _check_timestamp(timestamp: datetime) -> None:
     if 1970 < timestamp.year < 9999:  # the common case, whatever the offset
         return
     try:
-        if _utc(timestamp) >= MIN_TIMESTAMP:
+        if MIN_TIMESTAMP <= _utc(timestamp) < END_TIMESTAMP:
             return
     except OverflowError:  # past the end of year 9999 once moved to UTC
         pass

@@ -26,7 +26,8 @@ E = "data.engagement."
 RAW = "@@raw@@"  # replaced by raw JSON text after encoding
 INT4 = 2**31 - 1
 INT8 = 2**63 - 1
-TIMESTAMP_RANGE = "out of range (1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z)"
+MAX = "9999-12-31T23:59:59.999999Z"
+TIMESTAMP_RANGE = "out of range (1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999998Z)"
 PLACES = "expected at most 2 decimal places, no exponent"
 
 
@@ -170,10 +171,13 @@ BOUNDS: list[tuple[str, str, str, Any, Any, str]] = [
         "tiktok",
         "top",
         "timestamp",
-        "9999-12-31T23:59:59.999999Z",
+        "9999-12-31T23:59:59.999998Z",
         "9999-12-31T23:00:00-02:00",
         TIMESTAMP_RANGE,
     ),
+    # asyncpg writes datetime.max as PostgreSQL's infinity
+    ("tiktok", "top", "timestamp", "9999-12-31T23:59:59.999998+00:00", MAX, TIMESTAMP_RANGE),
+    ("tiktok", "top", "timestamp", "9999-12-31T23:59:59", MAX[:-1], TIMESTAMP_RANGE),
     (
         "facebook",
         "top",
