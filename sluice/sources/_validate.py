@@ -433,7 +433,7 @@ def _raise_if_unstorable(data: bytes) -> None:
         except msgspec.DecodeError:  # e.g. the run was an exponent
             path, _ = split_error(exc)
             raise InvalidEvent(f"{path or 'event'}: number out of range") from None
-    found = _find_unstorable(value, "")
+    found = _find_unstorable(value)
     if found is not None:
         path, reason = found
         raise InvalidEvent(f"{path or 'event'}: {reason}")
@@ -443,27 +443,34 @@ _NUL_REASON = "contains U+0000, which cannot be stored"
 _NUMBER_REASON = "number out of range"
 
 
-def _find_unstorable(value: object, path: str) -> tuple[str, str] | None:
-    if isinstance(value, str):
-        return (path, _NUL_REASON) if "\x00" in value else None
-    if value is _BAD_NUMBER:
-        return path, _NUMBER_REASON
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not -_INT_BOUND < value < _INT_BOUND:
+def _find_unstorable(document: object) -> tuple[str, str] | None:
+    """The path and reason of the first value (in document order) that cannot be stored.
+
+    Iterative: values may nest as deep as msgspec allows (~1,000 levels), more than
+    Python's recursion limit leaves to a request handler.
+    """
+    stack: list[tuple[str, object]] = [("", document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return path, _NUL_REASON
+        elif value is _BAD_NUMBER:
             return path, _NUMBER_REASON
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            here = join_path(path, str(key))
-            if "\x00" in key:
-                return here, _NUL_REASON
-            found = _find_unstorable(item, here)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = _find_unstorable(item, f"{path}[{i}]")
-            if found is not None:
-                return found
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not -_INT_BOUND < value < _INT_BOUND:
+                return path, _NUMBER_REASON
+        elif isinstance(value, dict):
+            children = []
+            for key, item in value.items():
+                here = join_path(path, str(key))
+                if "\x00" in key:
+                    children.append((here, key))  # reported as the key's own path
+                else:
+                    children.append((here, item))
+            stack.extend(reversed(children))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
     return None
 
 

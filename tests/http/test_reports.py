@@ -168,7 +168,7 @@ BAD = [
     ("/events", {"cursor": _cursor("[" * 700)}, "cursor"),
     ("/events", {"cursor": "%%%%"}, "cursor"),
     ("/events", {"cursor": "é"}, "cursor"),
-    ("/events", {"cursor": "x" * 1001}, "cursor"),
+    ("/events", {"cursor": "x" * 2049}, "cursor"),
     ("/events", {"cursor": ""}, "cursor"),
 ]
 

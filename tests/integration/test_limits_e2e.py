@@ -199,6 +199,7 @@ BAD: list[tuple[dict[str, Any], str | None, str]] = [
 ]
 # At the limits: all of these are stored and reported.
 EDGE: list[tuple[dict[str, Any], str | None]] = [
+    (event("g-deep", "facebook", "top", **{"data.extra": RAW}), "[" * 200 + "1" + "]" * 200),
     (event("g-age", "facebook", "top", **{"data.user.age": INT4}), None),
     (event("g-followers", "tiktok", "top", **{"data.user.followers": INT8}), None),
     (
@@ -355,7 +356,9 @@ async def _reports_hold_the_extremes(client: httpx.AsyncClient) -> None:
     seen, cursor = 0, None
     while True:
         params = {"limit": "2"} | ({"cursor": cursor} if cursor else {})
-        page = (await client.get("/events", params=params)).json()
+        response = await client.get("/events", params=params)
+        assert response.status_code == 200, (params, response.text)
+        page = response.json()
         seen += len(page["events"])
         cursor = page["nextCursor"]
         if cursor is None:

@@ -339,3 +339,29 @@ def test_a_huge_integer_next_to_a_huge_exponent_is_named_not_a_crash() -> None:
     made = generic(metadata={"a": RAW, "b": 1})
     body = encode(made, "1e" + "9" * 5000 + ', "c": ' + "9" * 5000)
     assert outcome(body, "generic") == "metadata.a: number out of range"
+
+
+def _at_depth(frames: int, call: Any) -> Any:
+    """`call()` from `frames` Python frames down, as a request handler runs."""
+    return call() if frames == 0 else _at_depth(frames - 1, call)
+
+
+@pytest.mark.parametrize(
+    ("inner", "error"),
+    [
+        ("1", None),
+        ("1e400", "number out of range"),
+        ('"a\\u0000"', "contains U+0000, which cannot be stored"),
+    ],
+)
+def test_values_nested_as_deep_as_the_decoder_allows_are_checked(
+    inner: str, error: str | None
+) -> None:
+    depth = 500  # msgspec counts the caller's Python frames against its ~1,000 too
+    made = event("facebook", "top", **{"data.extra": RAW})
+    body = encode(made, "[" * depth + inner + "]" * depth)
+    result = _at_depth(400, lambda: validate_body(body))
+    if error is None:
+        assert result.rejected == []
+    else:
+        assert result.rejected[0].error == "data.extra" + "[0]" * depth + ": " + error
