@@ -151,9 +151,9 @@ class SourceSchema:
     event_types: Mapping[str, frozenset[str]]  # by funnel stage
     row: Callable[[Any, Any], RowFields]  # (event, decoded engagement or None) -> columns
     revenue_types: frozenset[str] = frozenset()  # event types whose purchaseAmount is revenue
-    # (engagement) -> whether a typed float may hide a literal msgspec read as 0 but jsonb
-    # refuses (1e-99999): then the validator reads every number of the event as written.
-    may_hide_numbers: Callable[[Any], bool] | None = None
+    # By funnel stage: (engagement) -> whether a typed float may hide a literal msgspec
+    # read as 0 but jsonb refuses (1e-99999); then every number is read as written.
+    may_hide_numbers: Mapping[str, Callable[[Any], bool]] = dataclasses.field(default_factory=dict)
 
     @property
     def tagged(self) -> bool:

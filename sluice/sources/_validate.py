@@ -7,7 +7,7 @@ event and `ValidEvent.raw` is the publisher's own bytes.
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,17 +67,20 @@ _probe = msgspec.json.Decoder(_Probe)
 class _Plan:
     """Per source: the schema plus, per funnel stage, the engagement decoder."""
 
-    __slots__ = ("engagement", "may_hide_numbers", "schema")
+    __slots__ = ("engagement", "schema")
 
     def __init__(self, schema: SourceSchema) -> None:
         self.schema = schema
-        self.may_hide_numbers = schema.may_hide_numbers
-        # (strict decoder, decoder keeping unknown fields, enum paths) per stage
-        self.engagement: dict[str, tuple[_Decoder, _Decoder, EnumPaths]] = {
+        # per stage: strict decoder, decoder keeping unknown fields, enum paths, and the
+        # schema's `may_hide_numbers` hook (None: none)
+        self.engagement: dict[
+            str, tuple[_Decoder, _Decoder, EnumPaths, Callable[[Any], bool] | None]
+        ] = {
             stage: (
                 msgspec.json.Decoder(strict_twin(struct)),
                 msgspec.json.Decoder(struct),
                 enum_paths(struct, "data.engagement"),
+                schema.may_hide_numbers.get(stage),
             )
             for stage, struct in schema.engagement.items()
         }
@@ -252,7 +255,7 @@ class Validator:
             raise InvalidEvent(
                 f"eventType: {event.event_type!r} is not a {stage} event type for {schema.name}"
             )
-        strict, decoder, enums = plan.engagement[stage]
+        strict, decoder, enums, may_hide_numbers = plan.engagement[stage]
         try:
             engagement = strict.decode(event.data.engagement)
         except msgspec.ValidationError:
@@ -263,8 +266,8 @@ class Validator:
                 error = describe(*split_error(exc, "data.engagement"), enums)
                 raise InvalidEvent(error) from None
         _check_timestamp(event.timestamp)
-        if not unread and plan.may_hide_numbers is not None:
-            unread = plan.may_hide_numbers(engagement)
+        if may_hide_numbers is not None and not unread:
+            unread = may_hide_numbers(engagement)
         return event, schema, engagement, unread
 
     def _check_routed(

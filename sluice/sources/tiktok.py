@@ -65,11 +65,9 @@ def _row(event: TiktokEvent, engagement: TopEngagement | BottomEngagement) -> Ro
     return RowFields(user.user_id, None, None, engagement.purchase_amount, followers=user.followers)
 
 
-def _may_hide_numbers(engagement: TopEngagement | BottomEngagement) -> bool:
+def _zero_float(engagement: TopEngagement) -> bool:
     # msgspec reads 1e-99999 as 0.0; jsonb refuses it: read a zero as written.
-    if isinstance(engagement, TopEngagement):
-        return engagement.watch_time == 0 or engagement.percentage_watched == 0
-    return False
+    return engagement.watch_time == 0 or engagement.percentage_watched == 0
 
 
 SCHEMA = SourceSchema(
@@ -82,5 +80,5 @@ SCHEMA = SourceSchema(
     },
     row=_row,
     revenue_types=frozenset({"purchase"}),
-    may_hide_numbers=_may_hide_numbers,
+    may_hide_numbers={"top": _zero_float},
 )
