@@ -19,9 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -83,20 +86,23 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     url = os.environ.get("SLUICE_TEST_DATABASE_URL")
     if url:
         yield url
         return
     from sluice.edges.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(
-        tmp_path_factory.mktemp("embedded-postgres"), port=0, database="postgres"
-    )
+    # Not under pytest's temporary root: pytest makes that owner-only whenever a test
+    # session starts, which would lock out PostgreSQL (it runs as a user of its own)
+    # whenever two test sessions share the machine.
+    root = Path(tempfile.mkdtemp(prefix="sluice-test-postgres-"))
+    server = EmbeddedPostgres(root, port=0, database="postgres")
     try:
         yield server.start()
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

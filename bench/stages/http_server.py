@@ -8,10 +8,13 @@ small single-event POSTs over keep-alive connections; the figure is the server p
 CPU seconds (user + system, /proc via psutil) over a fixed number of requests.
 
 Servers:
-- `hypercorn`: hypercorn.asyncio.serve with the config the ingress actor had up to now;
-- `uvicorn-httptools`, `uvicorn-h11`: uvicorn's protocol classes, no proxy headers, no
-  access log, no Server header;
-- `ingress`: the `sluice.actors.ingress.Ingress` actor as it is in this tree.
+- `hypercorn`: bare hypercorn.asyncio.serve (no Server header, no access log) serving
+  the same front;
+- `ingress`: the `sluice.actors.ingress.Ingress` actor as it is in this tree (Hypercorn
+  too, plus what the actor adds: the in-flight tracking and the head limit).
+
+To compare with an older ingress (uvicorn, up to 2026-12), run this script from a
+checkout of that commit with its own virtualenv, in the same sitting.
 
 A `+log` suffix (`ingress+log`) sets up sluice's logging as `sluice run` does (JSON, INFO:
 the webhook logs a line per request), writing to /dev/null; without it nothing is logged.
@@ -28,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -45,7 +47,7 @@ import psutil
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-SERVERS = ("hypercorn", "uvicorn-httptools", "uvicorn-h11", "ingress")
+SERVERS = ("hypercorn", "ingress")
 
 
 # --------------------------------------------------------------------------- server side
@@ -109,34 +111,6 @@ async def _serve_hypercorn(app: Any, stop: asyncio.Event) -> None:
     await serve(app, config, shutdown_trigger=stop.wait, mode="asgi")
 
 
-async def _serve_uvicorn(app: Any, stop: asyncio.Event, http: str) -> None:
-    import uvicorn
-
-    sock = _listen()
-    config = uvicorn.Config(
-        app,
-        http=http,
-        ws="none",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        timeout_keep_alive=75,
-        backlog=1024,
-    )
-    server = uvicorn.Server(config)
-    config.load()
-    server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
-    _announce(sock.getsockname()[1])
-    while not stop.is_set():
-        await server.on_tick(0)  # the Date header, once a second
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
-    await server.shutdown()
-
-
 async def _serve_ingress(app: Any, stop: asyncio.Event) -> None:
     import anyio
 
@@ -170,10 +144,8 @@ def serve(name: str) -> None:
         loop.add_reader(sys.stdin.fileno(), stop.set)  # the runner closes our stdin
         if name == "hypercorn":
             await _serve_hypercorn(served, stop)
-        elif name == "ingress":
-            await _serve_ingress(app, stop)
         else:
-            await _serve_uvicorn(served, stop, name.removeprefix("uvicorn-"))
+            await _serve_ingress(app, stop)
 
     uvloop.run(main())
 

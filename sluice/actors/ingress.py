@@ -45,7 +45,8 @@ log = logging.getLogger("sluice.ingress")
 
 KEEP_ALIVE_TIMEOUT = 75  # seconds an idle keep-alive connection stays open
 MAX_HEAD_BYTES = 16 * 1024  # request line + headers (431 over it)
-READ_TIMEOUT = 60  # seconds a connection may go without sending anything mid-request
+
+STOP_MARGIN = 1.0  # seconds of the drain's deadline the HTTP server leaves unused
 
 
 _HEAD_TOO_LARGE = b'{"error":"request head too large (limit %d bytes)"}' % MAX_HEAD_BYTES
@@ -196,7 +197,10 @@ class Ingress(Actor):
         config.backlog = self._backlog
         config.graceful_timeout = self._graceful_timeout
         config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
-        config.read_timeout = READ_TIMEOUT
+        # No per-read timeout: in Python 3.11 each would cost a Task per read, and a
+        # client trickling a byte at a time resets it anyway. A head still arriving is
+        # cut at keep_alive_timeout (the connection counts as idle until it is whole).
+        config.read_timeout = None
         config.h11_max_incomplete_size = MAX_HEAD_BYTES
         config.include_server_header = False
         config.accesslog = None  # the webhook logs its own line; Quart's routes are timed
@@ -270,7 +274,10 @@ class Ingress(Actor):
 
     def _begin_graceful_stop(self, config: Config) -> None:
         # Read by Hypercorn once the trigger fires: in-flight requests get this long.
-        config.graceful_timeout = min(self._graceful_timeout, self._deadline.remaining())
+        # A second short of the drain's deadline: requests still hanging then are cut,
+        # and the drain ends clean rather than forced.
+        left = max(0.0, self._deadline.remaining() - STOP_MARGIN)
+        config.graceful_timeout = min(self._graceful_timeout, left)
         log.info(
             "%s: stopping: finishing requests in flight (at most %.1f s)",
             self.name,

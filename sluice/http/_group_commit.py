@@ -170,14 +170,19 @@ class GroupCommit:
         *,
         correlation_id: str,
         received_at: datetime,
+        deadline: float | None = None,
     ) -> Outcome:
         """Publish `events` (all of `source`); return once every message holding them
         is acked by JetStream.
 
-        Blocks while more than `max_bytes` of the source's events wait, for up to the
-        publish timeout. Raises ServiceUnavailable when the events could not be made
-        durable: then none of them may be claimed.
+        `deadline` (on the anyio clock; default: the publish timeout from now) bounds
+        the whole of it, waiting in the lane included: whether this request publishes
+        or waits for another's publish, it is answered by then. Raises
+        ServiceUnavailable when the events could not be made durable by then: none of
+        them may be claimed (some may still be stored: a retry is a duplicate).
         """
+        if deadline is None:
+            deadline = anyio.current_time() + self._wait_limit
         recent = self._recent
         if recent.any_of([e.event_id for e in events]):
             fresh = [e for e in events if e.event_id not in recent]
@@ -188,49 +193,55 @@ class GroupCommit:
             return Outcome(0, known)
         entry = _Entry(correlation_id, fresh, received_at)
         if entry.size >= self._solo_bytes:
-            return await self._solo(source, entry, known)
+            return await self._solo(source, entry, known, deadline)
         lane = self._lanes.get(source)
         if lane is None:
             lane = self._lanes[source] = _Lane()
-        await self._join(lane, entry)
+        await self._join(lane, entry, deadline)
         try:
-            while True:
-                if entry.leading:
-                    entry.leading = False
-                    if entry.done:  # taken by another publish meanwhile: answer now
-                        self._hand_on(lane)
+            with anyio.move_on_at(deadline):
+                while True:
+                    if entry.leading:
+                        if not entry.done and anyio.current_time() >= deadline:
+                            break  # too late to publish: the slot goes on (_leave)
+                        entry.leading = False
+                        if entry.done:  # taken by another publish meanwhile: answer now
+                            self._hand_on(lane)
+                            break
+                        if entry.wake.is_set():
+                            entry.wake = anyio.Event()
+                        await self._flush(source, lane, deadline)
+                    if entry.done:
                         break
-                    if entry.wake.is_set():
-                        entry.wake = anyio.Event()
-                    await self._flush(source, lane)
-                if entry.done:
-                    break
-                await entry.wake.wait()
+                    await entry.wake.wait()
         except BaseException:
             self._leave(lane, entry)
             raise
+        if not entry.done:  # the deadline passed while another request published
+            self._leave(lane, entry)
+            raise ServiceUnavailable(f"no publish ack within {self._wait_limit:g} s")
         if entry.error is not None:
             raise entry.error
         return Outcome(entry.accepted, entry.duplicates + known)
 
-    async def _solo(self, source: str, entry: _Entry, known: int) -> Outcome:
+    async def _solo(self, source: str, entry: _Entry, known: int, deadline: float) -> Outcome:
         """A request big enough to fill messages by itself is published at once, alone
         (one message per request, as without group commit): waiting for a slot would
         only add latency, and sharing would save next to nothing."""
         with anyio.CancelScope(shield=True):
-            await self._publish(source, [entry])
+            await self._publish(source, [entry], deadline)
         if entry.error is not None:
             raise entry.error
         return Outcome(entry.accepted, entry.duplicates + known)
 
-    async def _join(self, lane: _Lane, entry: _Entry) -> None:
+    async def _join(self, lane: _Lane, entry: _Entry, deadline: float) -> None:
         def full() -> bool:
             return bool(lane.pending) and lane.pending_bytes + entry.size > self._max_bytes
 
         if full():
             lane.space_waiters += 1
             try:
-                with anyio.move_on_after(self._wait_limit):
+                with anyio.move_on_at(deadline):
                     while full():
                         await lane.space.wait()
             finally:
@@ -261,17 +272,18 @@ class GroupCommit:
                 return
         lane.slots -= 1
 
-    async def _flush(self, source: str, lane: _Lane) -> None:
+    async def _flush(self, source: str, lane: _Lane, deadline: float) -> None:
         try:
             batch = lane.take()
             if batch:
                 with anyio.CancelScope(shield=True):
-                    await self._publish(source, batch)
+                    await self._publish(source, batch, deadline)
         finally:
             self._hand_on(lane)
 
-    async def _publish(self, source: str, batch: list[_Entry]) -> None:
-        """Publish `batch` as few envelopes as fit; finish every entry, whatever happens."""
+    async def _publish(self, source: str, batch: list[_Entry], deadline: float) -> None:
+        """Publish `batch` as few envelopes as fit, by `deadline` (its leader's); finish
+        every entry, whatever happens."""
         failure: Exception | None = ServiceUnavailable("publish interrupted")
         try:
             pairs, parts, runs = self._pack(batch)
@@ -286,7 +298,7 @@ class GroupCommit:
             entry, left = next(owners, (batch[0], 0))
             first = entry.correlation_id
             for chunk in chunks:
-                ack = await self._publish_one(source, chunk, first)
+                ack = await self._publish_one(source, chunk, first, deadline)
                 count = len(chunk.event_ids)
                 self._acked(source, chunk, ack.duplicate)
                 while count:
@@ -354,21 +366,23 @@ class GroupCommit:
                 parts.append((entry, count))
         return pairs, parts
 
-    async def _publish_one(self, source: str, chunk: envelope.Chunk, first: str) -> PublishAck:
+    async def _publish_one(
+        self, source: str, chunk: envelope.Chunk, first: str, deadline: float
+    ) -> PublishAck:
         headers = {
             CORRELATION_HEADER: chunk.correlation_id or first,
             EVENTS_HEADER: str(len(chunk.event_ids)),
         }
         started = time.perf_counter()
         try:
-            with anyio.move_on_after(self._deadline):
+            with anyio.move_on_at(min(deadline, anyio.current_time() + self._deadline)):
                 return await self._log.publish(
                     source, chunk.payload, msg_id=chunk.msg_id, headers=headers
                 )
         finally:
             # Failed and timed-out publishes too: a stall must show in the tail.
             self._metrics.publish_ack_seconds.observe(time.perf_counter() - started)
-        raise LogUnavailable(f"no publish ack within {self._deadline:g} s")
+        raise LogUnavailable(f"no publish ack within {self._wait_limit:g} s")
 
     def _acked(self, source: str, chunk: envelope.Chunk, duplicate: bool) -> None:
         # Durable now (new, or JetStream had it): safe to answer re-sends as duplicates.

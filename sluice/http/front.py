@@ -14,6 +14,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from sluice.http.errors import json_bytes
 from sluice.http.webhook import (
     Answer,
@@ -163,6 +165,7 @@ class WebhookFront:
         correlation_id: str,
     ) -> Answer:
         ingest = self.ingest
+        arrived = anyio.current_time()
         if source is not None and source not in SOURCE_NAMES:
             return unknown_source(source)
         await ingest.look_at_backlog()
@@ -173,11 +176,17 @@ class WebhookFront:
             return unsupported_type(content_type)
         if length is not None and length.isdigit() and int(length) > self._limit:
             return too_large(self._limit)
+        reading = anyio.current_time()
         try:
             body = await self._read_body(receive)
         except _TooLarge:
             return too_large(self._limit)
-        return await ingest.handle(body, route_source=source, correlation_id=correlation_id)
+        # Answered within the publish timeout of the request's arrival, not counting the
+        # time the client took to send its body.
+        deadline = arrived + ingest.settings.publish_timeout + (anyio.current_time() - reading)
+        return await ingest.handle(
+            body, route_source=source, correlation_id=correlation_id, deadline=deadline
+        )
 
     async def _read_body(self, receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> bytes:
         parts: list[bytes] = []

@@ -163,18 +163,25 @@ class Ingest:
         *,
         route_source: str | None,
         correlation_id: str,
+        deadline: float | None = None,
     ) -> Answer:
         """Validate `body`, publish its valid events, and say what happened.
 
         The caller has checked draining (`refusal`), the content type and the size.
+        `deadline` (anyio clock; default: the publish timeout from now): when the
+        answer is due at the latest; a publish not acked by then is a 503.
         """
+        if deadline is None:
+            deadline = anyio.current_time() + self.settings.publish_timeout
         try:
             validated = validate_body(body, route_source=route_source)
         except BadBody as exc:
             return Answer(400, {"error": str(exc)}, {})
         rejected = list(validated.rejected)
         try:
-            accepted, duplicates = await self._publish(validated, rejected, correlation_id)
+            accepted, duplicates = await self._publish(
+                validated, rejected, correlation_id, deadline
+            )
         except ServiceUnavailable as exc:
             log.warning("publish failed: %s", exc, extra={"correlation_id": correlation_id})
             return Answer(
@@ -209,7 +216,7 @@ class Ingest:
         return Answer(status, answer, {})
 
     async def _publish(
-        self, validated: Validated, rejected: list[Rejection], correlation_id: str
+        self, validated: Validated, rejected: list[Rejection], correlation_id: str, deadline: float
     ) -> tuple[int, int]:
         """Publish the valid events per source: (accepted, duplicates), once durable.
 
@@ -223,7 +230,7 @@ class Ingest:
         try:
             self.inflight.acquire_nowait()  # the usual case, without a cancel scope
         except anyio.WouldBlock:
-            with anyio.move_on_after(self.settings.publish_timeout) as scope:
+            with anyio.move_on_at(deadline) as scope:
                 await self.inflight.acquire()
             if scope.cancelled_caught:
                 raise ServiceUnavailable("too many requests in flight") from None
@@ -234,6 +241,7 @@ class Ingest:
                     _drop_oversized(events, max_bytes, rejected),
                     correlation_id=correlation_id,
                     received_at=received_at,
+                    deadline=deadline,
                 )
                 accepted += outcome.accepted
                 duplicates += outcome.duplicates

@@ -25,7 +25,7 @@ class RejectedEvent(msgspec.Struct):
     """An event that was not accepted, and why."""
 
     index: int  # its position in the body (0 for a single object)
-    eventId: str | None  # noqa: N815  # as sent, when it could be read
+    eventId: str | None  # as sent, when it could be read
     error: str  # "<dotted.field.path>: <what is wrong>"
 
 

@@ -8,7 +8,7 @@ import trio.testing
 
 from sluice.actors.work import Work
 from sluice.actors.writer import BatchWriter
-from sluice.engine import open_channel
+from sluice.engine import DrainDeadline, open_channel
 from sluice.engine.testing import run_actor
 from sluice.metrics import Metrics
 from sluice.ports import StoreUnavailable
@@ -149,3 +149,52 @@ async def test_last_batch_is_flushed_when_the_inbox_ends() -> None:
         assert item.delivery.acked
         with pytest.raises(anyio.EndOfStream):
             await committed.receive() and await committed.receive()
+
+
+class HangingStore(FakeStore):
+    """A database that never answers the commit."""
+
+    async def write_batch(self, rows):  # type: ignore[no-untyped-def]
+        await anyio.sleep_forever()
+
+
+@pytest.mark.trio
+async def test_the_shielded_flush_ends_at_a_forced_stop_not_60_s_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = HangingStore()
+    send, inbox = open_channel[Work](4)
+    deadline = DrainDeadline()
+    writer = BatchWriter(
+        inbox, store, None, flush_rows=1, flush_interval=0.1, metrics=Metrics(), deadline=deadline
+    )
+    item = work(store, "a")
+    async with send, inbox, trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await send.send(item)
+        await trio.sleep(1.0)  # the commit hangs, shielded
+        start = trio.current_time()
+        deadline.force()  # the second signal
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - start < 0.01
+    assert not item.delivery.acked  # JetStream redelivers it
+
+
+@pytest.mark.trio
+async def test_the_shielded_flush_ends_at_the_drain_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = HangingStore()
+    send, inbox = open_channel[Work](4)
+    deadline = DrainDeadline()
+    writer = BatchWriter(
+        inbox, store, None, flush_rows=1, flush_interval=0.1, metrics=Metrics(), deadline=deadline
+    )
+    async with send, inbox, trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await send.send(work(store, "a"))
+        await trio.sleep(1.0)
+        start = trio.current_time()
+        deadline.begin(5.0)
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - start == pytest.approx(5.0)

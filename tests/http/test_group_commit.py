@@ -375,19 +375,23 @@ async def test_over_the_bound_too_long_is_503_and_a_hung_publish_times_out(
     log = FakeEventLog(hold=True)
     size = len(ev("e-a").raw)
     commit, metrics = make(log, inflight=1, max_bytes=size, timeout=1.0)
+    start = trio.current_time()
     async with anyio.create_task_group() as tg:
         requests = Requests(tg, commit)
         for name in "abc":
             await requests.start(name, ev(f"e-{name}"))
-        await requests.answered.wait()  # c waited 1 s for room
-        answer = requests.answers["c"]
-        assert isinstance(answer, ServiceUnavailable) and "waiting" in str(answer)
-        # a's publish never acks: the deadline (publish timeout + 1 s) fails it; b goes on.
+    answer = requests.answers["c"]  # c waited 1 s for room (room may come at the deadline)
+    assert isinstance(answer, ServiceUnavailable)
+    assert "waiting" in str(answer) or "no publish ack" in str(answer)
+    # a's publish never acks: a's deadline (the publish timeout from its arrival)
+    # fails it; b, waiting behind it, is answered by its own deadline, not after a
+    # publish of its own with a fresh timeout.
+    assert trio.current_time() - start == pytest.approx(1.0)
     a, b = requests.answers["a"], requests.answers["b"]
     assert isinstance(a, ServiceUnavailable) and "no publish ack" in str(a)
-    assert isinstance(b, ServiceUnavailable)
-    assert accepted_total(metrics) == 0 and log.calls == 2
-    assert metrics.registry.get_sample_value("publish_ack_seconds_count") == 2  # timed out too
+    assert isinstance(b, ServiceUnavailable) and "no publish ack" in str(b)
+    assert accepted_total(metrics) == 0 and log.calls == 1
+    assert metrics.registry.get_sample_value("publish_ack_seconds_count") == 1  # timed out too
 
 
 @pytest.mark.anyio

@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -243,3 +244,39 @@ def test_a_second_signal_forces_exit_and_jetstream_keeps_the_rest(env: dict[str,
     finally:
         running.signal(signal.SIGTERM)
         assert running.wait(timeout=40) == 0, running.output
+
+
+def test_health_and_metrics_answer_while_draining_and_a_hung_request_gets_only_its_share(
+    env: dict[str, str],
+) -> None:
+    env = env | {"SLUICE_DRAIN_TIMEOUT": "10"}
+    running = start(env)
+    host, port = running.url.removeprefix("http://").rsplit(":", 1)
+    # A webhook request whose body never comes: it stays in flight.
+    hung = socket.create_connection((host, int(port)))
+    hung.sendall(
+        b"POST /webhook HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+        b"content-length: 1000\r\n\r\n[{"
+    )
+    with httpx.Client(base_url=running.url, timeout=5) as http:
+        # Served after the hung request's head (accepted first, on the same loop).
+        assert http.get("/health/live").status_code == 200
+        began = time.monotonic()
+        running.signal(signal.SIGTERM)
+        # The drain waits on the hung request (intake's share: 4 of 10 s); meanwhile:
+        deadline = time.monotonic() + 5
+        while (live := http.get("/health/live")).json()["supervisor"] != "draining":
+            assert time.monotonic() < deadline, "the drain did not begin"  # signal not seen
+        assert live.status_code == 200
+        ready = http.get("/health/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["draining"]["ok"] is False
+        assert http.get("/metrics").status_code == 200
+        refused = http.post("/webhook", json=make_events(1, seed=3))
+        assert refused.status_code == 503 and refused.headers["Retry-After"]
+    code = running.wait(timeout=30)
+    took = time.monotonic() - began
+    hung.close()
+    assert code == 0, running.output  # the hung request (nothing accepted) is cut, clean
+    assert 4 <= took < 10, running.output
+    assert "webhook requests still in flight" in running.output
+    assert "drained (clean)" in running.output

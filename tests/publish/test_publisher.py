@@ -193,7 +193,7 @@ def test_progress_lines_are_printed(webhook: FakeWebhook) -> None:
 
 
 def test_against_the_real_webhook_counts_match_what_was_published() -> None:
-    """The real HTTP stack (uvicorn, the lean webhook front, Quart) over loopback."""
+    """The real HTTP stack (Hypercorn, the webhook front, Quart) over loopback."""
     log = FakeEventLog()
     settings = Settings(http_port=0)
     app = create_app(HttpDeps(settings, Metrics(), Health(), event_log=log))
