@@ -48,6 +48,9 @@ MAX_NUMBER_LENGTH = 4000
 _LONG_DIGITS = re.compile(rb"(?<![eE\d])(?<![eE][+-])\d{%d,}" % MAX_NUMBER_LENGTH)
 MAX_EXPONENT = 999
 _INT_BOUND = 10**MAX_NUMBER_LENGTH  # integers of at most MAX_NUMBER_LENGTH digits
+# msgspec counts the caller's Python frames against its nesting limit, so an event the
+# webhook's body split could read may be too deep for a decode from a deeper stack.
+_TOO_DEEP = "event: nested too deeply"
 _JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean"}
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _raw_one = msgspec.json.Decoder(msgspec.Raw)
@@ -166,6 +169,9 @@ class Validator:
                     Rejection(index, _event_id(raw), exc.error, self._known_source(raw))
                 )
                 continue
+            except RecursionError:  # see _TOO_DEEP; probing it would recurse as deep
+                rejected.append(Rejection(index, None, _TOO_DEEP))
+                continue
             event_id = event.event_id
             if event_id in seen:
                 duplicates += 1
@@ -193,9 +199,12 @@ class Validator:
             text = raw.decode()
         except UnicodeDecodeError as exc:
             raise InvalidEvent(f"event: not valid UTF-8 (byte {exc.start})") from None
-        event, schema, engagement, unread = self._check(raw, source, "")
-        if unread or _NUL in raw or len(raw) > MAX_NUMBER_LENGTH:
-            _raise_if_unstorable(raw)
+        try:
+            event, schema, engagement, unread = self._check(raw, source, "")
+            if unread or _NUL in raw or len(raw) > MAX_NUMBER_LENGTH:
+                _raise_if_unstorable(raw)
+        except RecursionError:
+            raise InvalidEvent(_TOO_DEEP) from None
         fields = schema.row(event, engagement)
         amount = fields.purchase_amount
         # Positional, in EventRow's field order: keywords cost ~1 us more per event, and
@@ -423,8 +432,9 @@ def _raise_if_unstorable(data: bytes) -> None:
     """Raise InvalidEvent naming the first string (or key) holding U+0000, or the first
     number PostgreSQL or a JSON reader cannot hold.
 
-    Called only when a cheap search says one may be there (the text `\\u0000` may also be
-    an escaped backslash; a suspect number may be text inside a string).
+    Called only when one may be there: the event holds values msgspec skipped (unknown
+    fields), holds the text `\\u0000` (which may also be an escaped backslash), or is
+    long enough for a number longer than MAX_NUMBER_LENGTH.
     """
     try:
         value = _scan_decoder.decode(data)

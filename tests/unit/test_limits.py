@@ -365,3 +365,28 @@ def test_values_nested_as_deep_as_the_decoder_allows_are_checked(
         assert result.rejected == []
     else:
         assert result.rejected[0].error == "data.extra" + "[0]" * depth + ": " + error
+
+
+def test_an_event_too_deep_for_a_deeper_stack_is_rejected_not_raised() -> None:
+    made = event("facebook", "top", **{"data.extra": RAW})
+    body = encode(made, "[" * 900 + "]" * 900)
+    assert validate_body(body).rejected == []  # fine from a shallow stack
+    with pytest.raises(InvalidEvent) as info:
+        _at_depth(
+            300, lambda: parse_event("facebook", body, received_at=RECEIVED, correlation_id=None)
+        )
+    assert info.value.error == "event: nested too deeply"
+
+
+def test_at_every_depth_validate_body_answers_or_raises_bad_body() -> None:
+    made = event("facebook", "top", **{"data.extra": RAW})
+    outcomes = set()
+    for depth in range(650, 720):
+        body = b"[" + encode(made, "[" * depth + "]" * depth) + b"]"
+        try:
+            result = _at_depth(300, lambda body=body: validate_body(body))
+        except BadBody as exc:
+            outcomes.add(str(exc))
+        else:
+            outcomes.add(result.rejected[0].error if result.rejected else "accepted")
+    assert outcomes <= {"accepted", "event: nested too deeply", "malformed JSON: nested too deeply"}
