@@ -382,3 +382,46 @@ async def _reports_hold_the_extremes(client: httpx.AsyncClient) -> None:
 
 def _cursor(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+async def test_rows_stored_at_infinity_before_the_limits_existed_do_not_break_reports(
+    engine: Engine, settings: Settings
+) -> None:
+    """asyncpg wrote datetime.max as `infinity` and reads it back naive: a database that
+    took such an event before the webhook refused it still answers every report."""
+    conn = await asyncpg.connect(settings.database_url or "")
+    try:
+        await conn.execute(
+            """
+            INSERT INTO events (event_id, source, funnel_stage, event_type, occurred_at,
+                                received_at, country, data)
+            VALUES ('inf', 'tiktok', 'top', 'like', 'infinity', now(), 'FR', '{}'),
+                   ('ninf', 'tiktok', 'top', 'like', '-infinity', now(), 'FR', '{}');
+            INSERT INTO rollup_events
+            SELECT g, b, 'tiktok', 'top', 'like', 'FR', 1, 0, 0
+            FROM unnest('{m,h,d}'::"char"[]) g, unnest('{infinity,-infinity}'::timestamptz[]) b;
+            INSERT INTO rollup_series
+            SELECT g, b, 'tiktok', 'top', 'like', 1, 0, 0
+            FROM unnest('{m,h,d}'::"char"[]) g, unnest('{infinity,-infinity}'::timestamptz[]) b;
+            """
+        )
+    finally:
+        await conn.close()
+    async with httpx.AsyncClient(base_url=engine.http_url, timeout=30) as client:
+        for path, params in [
+            ("/reports/events", {"interval": "day"}),
+            ("/reports/events", {"from": "2025-01-01", "interval": "minute"}),
+            ("/reports/revenue", {"interval": "hour"}),
+            ("/reports/funnel", {"to": "9999-12-31T23:59:59Z"}),
+            ("/reports/countries", {"from": "9999-12-31T23:59:30Z"}),
+            ("/events", {"limit": "1"}),
+        ]:
+            response = await client.get(path, params=params)
+            assert response.status_code == 200, (path, params, response.text)
+        # The rows at -infinity and infinity page like any other (the open end of the
+        # range stops before infinity itself).
+        page = (await client.get("/events", params={"limit": "1"})).json()
+        assert page == {
+            "events": [{"receivedAt": page["events"][0]["receivedAt"]}],
+            "nextCursor": None,
+        }
