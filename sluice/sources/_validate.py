@@ -449,7 +449,12 @@ def _raise_if_unstorable(data: bytes) -> None:
     found = _find_unstorable(value)
     if found is not None:
         path, reason = found
+        if len(path) > _MAX_PATH:  # keys of unknown fields can be any length
+            path = path[: _MAX_PATH - 3] + "..."
         raise InvalidEvent(f"{path or 'event'}: {reason}")
+
+
+_MAX_PATH = 1000
 
 
 _NUL_REASON = "contains U+0000, which cannot be stored"

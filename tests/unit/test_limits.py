@@ -364,7 +364,8 @@ def test_values_nested_as_deep_as_the_decoder_allows_are_checked(
     if error is None:
         assert result.rejected == []
     else:
-        assert result.rejected[0].error == "data.extra" + "[0]" * depth + ": " + error
+        path = ("data.extra" + "[0]" * depth)[:997] + "..."  # paths are cut at 1,000
+        assert result.rejected[0].error == f"{path}: {error}"
 
 
 def test_an_event_too_deep_for_a_deeper_stack_is_rejected_not_raised() -> None:
@@ -390,3 +391,9 @@ def test_at_every_depth_validate_body_answers_or_raises_bad_body() -> None:
         else:
             outcomes.add(result.rejected[0].error if result.rejected else "accepted")
     assert outcomes <= {"accepted", "event: nested too deeply", "malformed JSON: nested too deeply"}
+
+
+def test_a_field_path_in_an_error_is_at_most_1000_characters() -> None:
+    made = event("facebook", "top", **{"data.extra": {"k" * 100_000: RAW}})
+    error = outcome(encode(made, "1e400"))
+    assert error == "data.extra." + "k" * (1000 - 14) + "...: number out of range"
