@@ -42,8 +42,9 @@ import anyio.abc
 
 from sluice.actors.consumer import Consumer
 from sluice.actors.dedup import DedupGuard, RecentIds
-from sluice.actors.ingress import Ingress
+from sluice.actors.ingress import Admission, Ingress
 from sluice.actors.intake import Intake
+from sluice.actors.keeper import Keeper
 from sluice.actors.metrics import MetricsReporter
 from sluice.actors.work import Work
 from sluice.actors.writer import BatchWriter
@@ -55,7 +56,7 @@ from sluice.edges.store import PgEventStore
 from sluice.engine import ChildSpec, DrainDeadline, RestartPolicy, Supervisor, open_channel
 from sluice.http.app import HttpDeps, create_app
 from sluice.http.health import Health
-from sluice.inflight import CountingEventLog, CountingSubscription
+from sluice.inflight import HeldMessages, HoldingSubscription
 from sluice.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -156,9 +157,7 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
             settings,
             metrics,
             health,
-            event_log=CountingEventLog.around(bus, metrics.in_flight)
-            if takes_events and bus
-            else None,
+            event_log=bus if takes_events else None,
             store=store,
             reports=reports,
         )
@@ -173,6 +172,12 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
                 graceful_timeout=settings.drain_timeout,
                 reuse_port=settings.http_reuse_port,
                 deadline=deadline,
+                admission=Admission(
+                    max_requests=settings.max_requests_in_flight,
+                    max_body_bytes=settings.max_body_bytes_in_flight,
+                    body_limit=settings.max_body_bytes,
+                    retry_after=settings.retry_after_seconds,
+                ),
                 name=http_name,
             )
             ingress_box[:] = [ingress]
@@ -180,6 +185,10 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
 
         if bus is not None:
             consumers = {s: _consumer_probe(bus, s) for s in settings.sources}
+            streams = {
+                name: _stream_probe(bus, name)
+                for name in (settings.stream, settings.history_stream_name)
+            }
             reporter = ChildSpec(
                 "metrics",
                 _bind(
@@ -187,7 +196,9 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
                     metrics,
                     channels=channels,
                     consumers=consumers,
+                    streams=streams,
                     interval=settings.metrics_interval,
+                    stored_rows=store.stored_rows if store and writes else None,
                     dead_letters=store.count_dead_letters_pending if store and writes else None,
                 ),
             )
@@ -254,10 +265,19 @@ async def _pipeline(
         stack.push_async_callback(copy.aclose)
         return copy
 
-    async def subscribe(source: str) -> Any:
-        return CountingSubscription(await bus.subscribe(source), metrics.in_flight)
+    held = HeldMessages()
 
-    children: list[ChildSpec] = []
+    async def subscribe(source: str) -> Any:
+        return HoldingSubscription(await bus.subscribe(source), held)
+
+    # First, so it stops last: it signals progress for what the writers hold until they
+    # have ended, then gives back at once whatever is left.
+    children: list[ChildSpec] = [
+        ChildSpec(
+            "keeper",
+            _bind(Keeper, held, ack_wait=settings.ack_wait, metrics=metrics),
+        )
+    ]
     writer_inboxes = [clone(to_writer) for _ in range(settings.writers)]
     writer_feedback = [clone(committed_send) for _ in range(settings.writers)]
     for i in range(settings.writers):
@@ -350,8 +370,15 @@ def _migrations_check(store: PgEventStore) -> Callable[[], Any]:
 
 
 def _consumer_probe(bus: JetStreamBus, source: str) -> Callable[[], Any]:
-    async def probe() -> tuple[int, int, int]:
-        return await bus.consumer_state(source)
+    async def probe() -> Any:
+        return await bus.consumer_figures(source)
+
+    return probe
+
+
+def _stream_probe(bus: JetStreamBus, stream: str) -> Callable[[], Any]:
+    async def probe() -> Any:
+        return await bus.stream_figures(stream)
 
     return probe
 

@@ -1,182 +1,118 @@
-"""Events in flight: accepted by this process and not yet finished, as far as it can see.
+"""Messages held: fetched by this process's consumers and not yet acked, naked or
+terminated (in a channel, in the dedup guard, in a writer's batch).
 
-Feeds the `events_in_flight` and `events_reconciliation` gauges (see `sluice.metrics`).
-Two parts, both counted in events:
-
-- waiting: events this process published (JetStream acked, not a duplicate) that the
-  source's durable consumer has not yet delivered to any worker. A ledger of
-  (stream sequence, events) per source, pruned when the metrics reporter samples the
-  consumer's delivered stream sequence.
-- held: events inside messages this process's consumers fetched and have not yet
-  acked, naked or terminated (in channels, in the dedup guard, in a writer's batch).
-
-The wrappers below count without touching the hot path's code: ingress publishes
-through `CountingEventLog`, consumers fetch through `CountingSubscription`. The event
-count of a message comes from its `Sluice-Events` header (set by the webhook), else
-from scanning the envelope.
+JetStream redelivers a message once it has been held `ack_wait` without an ack or a
+progress signal. `HeldMessages` lets the keeper (`sluice.actors.keeper`) tell JetStream
+that messages held a while are still being worked on, and, when the pipeline has
+stopped, give back at once (nak, no delay) whatever it still holds, so the next worker
+does not wait out ack_wait. Consumers fetch through `HoldingSubscription`, which
+registers each delivery and lets it go when it is acked, naked or terminated; nothing
+on the hot path changes but one dict insert and delete per message.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import logging
 from typing import TYPE_CHECKING, Any
 
-import msgspec
+import anyio
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from sluice.ports import Delivery, EventLog, PublishAck, Subscription
+    from sluice.ports import Delivery, Subscription
 
-__all__ = [
-    "EVENTS_HEADER",
-    "CountingEventLog",
-    "CountingSubscription",
-    "InFlight",
-    "events_in",
-]
+__all__ = ["EVENTS_HEADER", "HeldDelivery", "HeldMessages", "HoldingSubscription"]
+
+log = logging.getLogger("sluice.inflight")
 
 EVENTS_HEADER = "Sluice-Events"
 
 
-class _EventsOnly(msgspec.Struct):
-    events: list[msgspec.Raw]
+class HeldMessages:
+    """The deliveries this process holds, each with when it was fetched or last
+    signalled. Not thread-safe (one event loop)."""
+
+    def __init__(self) -> None:
+        # delivery -> (when fetched, when fetched or last signalled)
+        self._held: dict[HeldDelivery, tuple[float, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, delivery: HeldDelivery) -> None:
+        now = anyio.current_time()
+        self._held[delivery] = (now, now)
+
+    def let_go(self, delivery: HeldDelivery) -> None:
+        self._held.pop(delivery, None)
+
+    async def signal_progress(self, older_than: float, *, at_most: float) -> int:
+        """Send `in_progress()` for every message held (or last signalled) more than
+        `older_than` seconds ago, but fetched less than `at_most` seconds ago (one
+        held longer was lost by an actor that crashed with it: JetStream shall
+        redeliver it); returns how many. A failed signal is logged: the message is then
+        redelivered after ack_wait, and the database key keeps a second write harmless."""
+        now = anyio.current_time()
+        due = [
+            d
+            for d, (fetched, last) in self._held.items()
+            if now - last > older_than and now - fetched < at_most
+        ]
+        for delivery in due:
+            try:
+                await delivery.in_progress()
+            except Exception as exc:
+                log.debug("in_progress failed: %r", exc)
+                continue
+            times = self._held.get(delivery)
+            if times is not None:
+                self._held[delivery] = (times[0], now)
+        return len(due)
+
+    async def give_back(self) -> int:
+        """Nak, with no delay, every message still held (the pipeline has stopped);
+        returns how many."""
+        held = list(self._held)
+        for delivery in held:
+            try:
+                await delivery.nak()
+            except Exception as exc:  # ack_wait brings it back anyway
+                log.debug("nak failed: %r", exc)
+                self.let_go(delivery)
+        return len(held)
 
 
-_count_decoder = msgspec.json.Decoder(_EventsOnly)
-
-
-def events_in(payload: bytes, headers: Mapping[str, str] | None = None) -> int:
-    """How many events a message holds: its header, else its envelope; 1 if neither."""
-    declared = (headers or {}).get(EVENTS_HEADER)
-    if declared is not None and declared.isdigit():
-        return int(declared)
-    try:
-        return len(_count_decoder.decode(payload).events)
-    except msgspec.DecodeError:
-        return 1  # not an envelope: it will be one dead letter
-
-
-class InFlight:
-    """The in-flight ledger of one process. Not thread-safe (one event loop)."""
-
-    def __init__(self, max_entries: int = 100_000) -> None:
-        self._waiting: dict[str, deque[tuple[int, int]]] = {}
-        self._waiting_events = 0
-        self._held_events = 0
-        self._max_entries = max_entries
-
-    @property
-    def waiting(self) -> int:
-        """Events published here that no consumer has been handed yet."""
-        return self._waiting_events
-
-    @property
-    def held(self) -> int:
-        """Events in messages fetched here and not yet acked, naked or terminated."""
-        return self._held_events
-
-    @property
-    def total(self) -> int:
-        return self._waiting_events + self._held_events
-
-    def published(self, source: str, seq: int, events: int) -> None:
-        ledger = self._waiting.setdefault(source, deque())
-        ledger.append((seq, events))
-        self._waiting_events += events
-        if len(ledger) > self._max_entries:
-            # Bounded memory while no worker consumes: fold the two oldest entries into
-            # one at the later sequence (it then counts as waiting a little longer).
-            _, first = ledger.popleft()
-            later, second = ledger.popleft()
-            ledger.appendleft((later, first + second))
-
-    def delivered_up_to(self, source: str, stream_seq: int) -> None:
-        """The source's consumer has delivered every message up to `stream_seq`."""
-        ledger = self._waiting.get(source)
-        if not ledger:
-            return
-        # Publishes complete nearly, not exactly, in sequence order: look at them all.
-        done = sum(events for seq, events in ledger if seq <= stream_seq)
-        if done:
-            kept = [entry for entry in ledger if entry[0] > stream_seq]
-            ledger.clear()
-            ledger.extend(kept)
-            self._waiting_events -= done
-
-    def hold(self, events: int) -> None:
-        self._held_events += events
-
-    def release(self, events: int) -> None:
-        self._held_events -= events
-
-
-class CountingEventLog:
-    """An `EventLog` that records what it published in an `InFlight` ledger."""
-
-    def __init__(self, inner: EventLog, in_flight: InFlight) -> None:
-        self._inner = inner
-        self._in_flight = in_flight
-
-    async def publish(
-        self, source: str, payload: bytes, *, msg_id: str, headers: Mapping[str, str]
-    ) -> PublishAck:
-        ack = await self._inner.publish(source, payload, msg_id=msg_id, headers=headers)
-        if not ack.duplicate:
-            self._in_flight.published(source, ack.seq, events_in(payload, headers))
-        return ack
-
-    @property
-    def max_payload(self) -> int:
-        return self._inner.max_payload
-
-    def is_connected(self) -> bool:
-        return self._inner.is_connected()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)  # anything else the edge offers
-
-    @classmethod
-    def around(cls, inner: EventLog, in_flight: InFlight) -> CountingEventLog:
-        """The wrapper for `inner`, keeping its optional `backlog()` visible to
-        isinstance checks against runtime protocols (which ignore __getattr__ on 3.12+)."""
-        if callable(getattr(inner, "backlog", None)):
-            return _CountingLogWithBacklog(inner, in_flight)
-        return cls(inner, in_flight)
-
-
-class _CountingLogWithBacklog(CountingEventLog):
-    async def backlog(self) -> int:
-        result: int = await self._inner.backlog()  # type: ignore[attr-defined]
-        return result
-
-
-class CountingSubscription:
+class HoldingSubscription:
     """A `Subscription` whose deliveries count as held until acked, naked or terminated."""
 
-    def __init__(self, inner: Subscription, in_flight: InFlight) -> None:
+    def __init__(self, inner: Subscription, held: HeldMessages) -> None:
         self._inner = inner
-        self._in_flight = in_flight
+        self._held = held
 
     async def fetch(self, batch: int, timeout: float) -> Sequence[Delivery]:
         deliveries = await self._inner.fetch(batch, timeout)
-        return [_HeldDelivery(d, self._in_flight) for d in deliveries]
+        return [HeldDelivery(d, self._held) for d in deliveries]
 
     async def pending(self) -> tuple[int, int]:
         return await self._inner.pending()
+
+    async def close(self) -> None:
+        await self._inner.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
 
-class _HeldDelivery:
-    __slots__ = ("_events", "_in_flight", "_inner")
+class HeldDelivery:
+    """A `Delivery` registered in `HeldMessages` until it is finished."""
 
-    def __init__(self, inner: Delivery, in_flight: InFlight) -> None:
+    __slots__ = ("_held", "_inner")
+
+    def __init__(self, inner: Delivery, held: HeldMessages) -> None:
         self._inner = inner
-        self._in_flight = in_flight
-        self._events = events_in(inner.data, inner.headers)
-        in_flight.hold(self._events)
+        self._held = held
+        held.hold(self)
 
     @property
     def data(self) -> bytes:
@@ -190,28 +126,26 @@ class _HeldDelivery:
     def num_delivered(self) -> int:
         return self._inner.num_delivered
 
-    def _let_go(self) -> None:
-        if self._events:
-            self._in_flight.release(self._events)
-            self._events = 0
-
     async def ack(self) -> None:
         try:
             await self._inner.ack()
         finally:
-            self._let_go()
+            self._held.let_go(self)
 
     async def nak(self, delay: float | None = None) -> None:
         try:
             await self._inner.nak(delay)
         finally:
-            self._let_go()  # back in JetStream, to be fetched again
+            self._held.let_go(self)  # back in JetStream, to be fetched again
 
     async def term(self) -> None:
         try:
             await self._inner.term()
         finally:
-            self._let_go()
+            self._held.let_go(self)
+
+    async def in_progress(self) -> None:
+        await self._inner.in_progress()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

@@ -3,21 +3,12 @@
 Every process exports its own registry on its own `/metrics`; nothing is shared between
 processes (no multiprocess files). Prometheus scrapes each one and sums.
 
-`events_reconciliation` (gauge) is, for this process:
-
-    events_accepted_total - events_processed_total - events_duplicate_total
-      - events_dead_lettered_total - events_in_flight
-
-summed over sources, where `events_in_flight` counts the events this process published
-that JetStream has not yet delivered to a consumer, plus the events in messages this
-process fetched and has not yet acked (see `sluice.inflight`). Every event is counted
-when its message is finished (acked), so a message redelivered after a crash is counted
-once. Zero means nothing is missing: in one process (role all) at any time at rest, and
-for a deployment split by role as `sum(events_reconciliation)` over its processes.
-Positive means events were accepted and are neither stored, duplicate, dead-lettered nor
-in flight (lost, or naked back to JetStream and awaiting redelivery). Negative means
-events were counted twice (an ack JetStream never got) or finished by a process that did
-not accept them, e.g. after a restart or by a worker of a split deployment.
+Counting is taken from JetStream and PostgreSQL, not from this process's memory (see
+`sluice.actors.metrics` and the README's metrics table): the work stream holds a
+message until it is written (`stream_messages`), the consumer's ack floor
+(`consumer_ack_floor`) says up to which stream sequence every message is acked, and
+`events_stored_rows` counts the rows in PostgreSQL. In-process counters count each
+event once, when its message is acked (a redelivery is not counted again).
 """
 
 from __future__ import annotations
@@ -26,8 +17,6 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-from sluice.inflight import InFlight
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -43,7 +32,6 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.in_flight = InFlight()
         r = self.registry
         self.events_accepted = Counter(
             "events_accepted", "Events made durable in JetStream (2xx)", ["source"], registry=r
@@ -129,31 +117,44 @@ class Metrics:
             "Dead letters stored and not yet replayed (sampled from PostgreSQL)",
             registry=r,
         )
-        self.events_in_flight = Gauge(
-            "events_in_flight",
-            "Events accepted here and not yet delivered, or fetched here and not yet acked",
+        self.consumer_ack_floor = Gauge(
+            "consumer_ack_floor",
+            "Stream sequence up to which the source's consumer has every message acked",
+            ["source"],
             registry=r,
         )
-        self.events_in_flight.set_function(lambda: float(self.in_flight.total))
-        self.webhook_duplicates = 0
-        """The part of `events_duplicate` the webhook counted (never accepted)."""
-        self.events_reconciliation = Gauge(
-            "events_reconciliation",
-            "accepted - processed - duplicate - dead-lettered - in flight (0: nothing missing)",
+        self.consumer_delivered = Gauge(
+            "consumer_delivered_seq",
+            "Last stream sequence the source's consumer delivered",
+            ["source"],
             registry=r,
         )
-        self.events_reconciliation.set_function(lambda: float(self.reconciliation()))
-
-    def reconciliation(self) -> int:
-        """The `events_reconciliation` value now (see the module docstring)."""
-        finished = (
-            _total(self.events_processed)
-            + _total(self.events_duplicate)
-            + _total(self.events_dead_lettered)
+        self.stream_messages = Gauge(
+            "stream_messages",
+            "Messages in a JetStream stream (work stream: not yet written; history: kept)",
+            ["stream"],
+            registry=r,
         )
-        # Duplicates the webhook caught were never accepted: they are not owed.
-        finished -= self.webhook_duplicates
-        return round(_total(self.events_accepted) - finished) - self.in_flight.total
+        self.stream_bytes = Gauge(
+            "stream_bytes", "Bytes in a JetStream stream", ["stream"], registry=r
+        )
+        self.stream_last_seq = Gauge(
+            "stream_last_seq",
+            "Last sequence of a JetStream stream (messages ever stored in it)",
+            ["stream"],
+            registry=r,
+        )
+        self.events_stored_rows = Gauge(
+            "events_stored_rows",
+            "Rows in PostgreSQL's events table (sampled from the rollups)",
+            ["source"],
+            registry=r,
+        )
+        self.messages_held = Gauge(
+            "messages_held",
+            "JetStream messages this process fetched and has not yet acked, naked or terminated",
+            registry=r,
+        )
 
     def prime(self, *, sources: Iterable[str], actors: Iterable[str]) -> None:
         """Create the series dashboards read, at zero, so "nothing yet" shows as 0."""
@@ -171,13 +172,3 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def _total(counter: Counter) -> float:
-    """The sum of a counter's `_total` samples over all its label values."""
-    return sum(
-        sample.value
-        for metric in counter.collect()
-        for sample in metric.samples
-        if sample.name.endswith("_total")
-    )

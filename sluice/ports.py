@@ -86,6 +86,9 @@ class Delivery(Protocol):
     async def term(self) -> None:
         """Never redeliver (the message was dead-lettered)."""
 
+    async def in_progress(self) -> None:
+        """Still being worked on: JetStream restarts the message's ack_wait."""
+
 
 class EventLog(Protocol):
     """The durable log that ingress publishes envelopes to (JetStream)."""
@@ -119,6 +122,29 @@ class Subscription(Protocol):
     async def pending(self) -> tuple[int, int]:
         """(messages not yet delivered, messages delivered but not acked)."""
         ...
+
+    async def close(self) -> None:
+        """Stop receiving (unsubscribe); messages held stay held until ack_wait."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFigures:
+    """What a JetStream stream holds now (for the metrics reporter)."""
+
+    messages: int
+    bytes: int
+    last_seq: int  # messages ever stored in it, as a sequence number
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerFigures:
+    """Where a source's durable consumer stands (for the metrics reporter)."""
+
+    pending: int  # messages not yet delivered
+    ack_pending: int  # delivered, not yet acked
+    ack_floor: int  # stream sequence up to which every message is acked
+    delivered: int  # last stream sequence delivered
 
 
 class EventStore(Protocol):

@@ -29,6 +29,7 @@ class FakeDelivery:
     acked: bool = False
     naks: list[float | None] = field(default_factory=list)
     termed: bool = False
+    progress_signals: int = 0
     committed_when_acked: frozenset[str] | None = None
     store: FakeStore | None = None
 
@@ -43,6 +44,9 @@ class FakeDelivery:
 
     async def term(self) -> None:
         self.termed = True
+
+    async def in_progress(self) -> None:
+        self.progress_signals += 1
 
 
 @dataclass
@@ -83,6 +87,7 @@ class FakeSubscription:
     fetches: int = 0
     fail_next: list[Exception] = field(default_factory=list)
     arrived: anyio.Event = field(default_factory=anyio.Event)
+    closed: bool = False
 
     def put(self, *deliveries: FakeDelivery) -> None:
         self.queue.extend(deliveries)
@@ -101,6 +106,9 @@ class FakeSubscription:
 
     async def pending(self) -> tuple[int, int]:
         return len(self.queue), 0
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 @dataclass
@@ -167,3 +175,94 @@ def row(event_id: str, source: str = "facebook", **overrides: object) -> EventRo
     }
     values.update(overrides)
     return EventRow(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class _StreamMessage:
+    data: bytes
+    headers: Mapping[str, str]
+    delivered: int = 0
+    available_at: float = float("-inf")
+    done: bool = False
+
+
+@dataclass
+class JsDelivery:
+    """One delivery of a `RedeliveringSubscription`'s message."""
+
+    message: _StreamMessage
+    subscription: RedeliveringSubscription
+    num_delivered: int
+
+    @property
+    def data(self) -> bytes:
+        return self.message.data
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.message.headers
+
+    async def ack(self) -> None:
+        self.message.done = True
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.subscription.redeliver(self.message, after=delay or 0.0)
+
+    async def term(self) -> None:
+        self.message.done = True
+
+    async def in_progress(self) -> None:
+        if not self.message.done:
+            self.message.available_at = anyio.current_time() + self.subscription.ack_wait
+
+
+@dataclass
+class RedeliveringSubscription:
+    """A durable pull consumer that redelivers like JetStream: a message fetched and
+    neither acked, terminated nor signalled in progress within `ack_wait` is delivered
+    again (num_delivered + 1); a nak delivers it again after its delay. Time is anyio's
+    clock (a MockClock in trio tests)."""
+
+    ack_wait: float
+    messages: list[_StreamMessage] = field(default_factory=list)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+    closed: bool = False
+
+    def put(self, data: bytes, headers: Mapping[str, str] | None = None) -> None:
+        self.messages.append(_StreamMessage(data, headers or {}))
+        self._wake()
+
+    def redeliver(self, message: _StreamMessage, *, after: float) -> None:
+        if not message.done:
+            message.available_at = anyio.current_time() + after
+            self._wake()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def fetch(self, batch: int, timeout: float) -> Sequence[JsDelivery]:
+        deadline = anyio.current_time() + timeout
+        while True:
+            now = anyio.current_time()
+            open_ = [m for m in self.messages if not m.done]
+            ready = [m for m in open_ if m.available_at <= now][:batch]
+            if ready:
+                for m in ready:
+                    m.delivered += 1
+                    m.available_at = now + self.ack_wait
+                return [JsDelivery(m, self, m.delivered) for m in ready]
+            wake_at = min([deadline, *(m.available_at for m in open_)])
+            if now >= deadline:
+                return []
+            with anyio.move_on_after(wake_at - now):
+                await self.changed.wait()
+
+    async def pending(self) -> tuple[int, int]:
+        now = anyio.current_time()
+        open_ = [m for m in self.messages if not m.done]
+        ready = sum(1 for m in open_ if m.available_at <= now)
+        return ready, len(open_) - ready
+
+    async def close(self) -> None:
+        self.closed = True

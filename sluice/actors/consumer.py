@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.consumer")
 
 CORRELATION_HEADER = "X-Correlation-ID"
+CLOSE_TIMEOUT = 2.0
 
 
 class Consumer(Actor):
@@ -85,16 +86,22 @@ class Consumer(Actor):
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         subscription = await self._subscribe(self.source)
-        task_status.started()
-        while not self._stopping:
-            wanted = self._wanted()
-            deliveries = await self._fetch(subscription, wanted)
-            await self._pass_on(deliveries)
-            if self._linger > 0 and 0 < len(deliveries) < wanted // 2:
-                await self._pause(self._linger)
-        if self._catch_up:
-            await self._take_what_is_left(subscription)
-        await self._outbox.aclose()
+        try:
+            task_status.started()
+            while not self._stopping:
+                wanted = self._wanted()
+                deliveries = await self._fetch(subscription, wanted)
+                await self._pass_on(deliveries)
+                if self._linger > 0 and 0 < len(deliveries) < wanted // 2:
+                    await self._pause(self._linger)
+            if self._catch_up:
+                await self._take_what_is_left(subscription)
+            await self._outbox.aclose()
+        finally:
+            # No inbox left behind for a restarted consumer; what was fetched is held
+            # (and acked later) all the same.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+                await subscription.close()
 
     def _wanted(self) -> int:
         """How many messages the next fetch asks for."""

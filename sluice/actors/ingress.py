@@ -26,6 +26,7 @@ import asyncio
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -34,12 +35,13 @@ from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError, LifespanTimeoutError
 
 from sluice.engine import Actor, DrainDeadline
+from sluice.http.errors import json_bytes
 from sluice.http.front import front
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, MutableMapping
-
     from anyio.abc import TaskStatus
+
+    from sluice.http.asgi import Message, Receive, Scope, Send
 
 log = logging.getLogger("sluice.ingress")
 
@@ -49,26 +51,53 @@ MAX_HEAD_BYTES = 16 * 1024  # request line + headers (431 over it)
 STOP_MARGIN = 1.0  # seconds of the drain's deadline the HTTP server leaves unused
 
 
-_HEAD_TOO_LARGE = b'{"error":"request head too large (limit %d bytes)"}' % MAX_HEAD_BYTES
+ALWAYS_SERVED = frozenset({"/health/live", "/health/ready", "/metrics"})
 
 
-def _head_size(scope: MutableMapping[str, Any]) -> int:
-    """The request line and headers, as sent (give or take the method and version)."""
+@dataclass(frozen=True)
+class Admission:
+    """What the server takes on at once, checked from the head, before any work.
+
+    `max_requests`: requests being served (the ALWAYS_SERVED paths are not counted:
+    an orchestrator must see a busy process as alive). `max_body_bytes`: what the
+    bodies of those requests may add up to, from their Content-Length (a chunked body
+    counts as `body_limit`, the most it may be).
+    """
+
+    max_requests: int = 1024
+    max_body_bytes: int = 256 * 1024 * 1024
+    body_limit: int = 16 * 1024 * 1024
+    retry_after: int = 1
+
+
+def _head(scope: Scope, body_limit: int) -> tuple[int, int]:
+    """The request head's size as sent (give or take the method and version), and the
+    body size it announces (0 when none; `body_limit` when chunked)."""
     size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    body = 0
     for name, value in scope["headers"]:
         size += len(name) + len(value) + 4
-    return size
+        if name == b"content-length":
+            body = int(value) if value.isdigit() else 0
+        elif name == b"transfer-encoding":
+            body = body_limit
+    return size, body
 
 
-async def _refuse_head(send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
-    log.warning("request head over %d bytes: answered 431", MAX_HEAD_BYTES)
-    headers = [
+async def _refuse(
+    send: Send,
+    status: int,
+    message: str,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    body = json_bytes({"error": message})
+    head = [
         (b"content-type", b"application/json"),
-        (b"content-length", b"%d" % len(_HEAD_TOO_LARGE)),
-        (b"connection", b"close"),
+        (b"content-length", b"%d" % len(body)),
+        *headers,
     ]
-    await send({"type": "http.response.start", "status": 431, "headers": headers})
-    await send({"type": "http.response.body", "body": _HEAD_TOO_LARGE})
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
 
 
 class LifespanFailed(RuntimeError):
@@ -76,28 +105,49 @@ class LifespanFailed(RuntimeError):
 
 
 class _Served:
-    """The app as Hypercorn serves it: notes how its lifespan startup went, and keeps
-    the tasks of the requests in flight so a forced stop can cancel them."""
+    """The app as Hypercorn serves it: admits requests (head size, `Admission`), notes
+    how its lifespan startup went, and keeps the tasks of the requests in flight so a
+    forced stop can cancel them."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, admission: Admission) -> None:
         self.app = app
+        self._admission = admission
+        self._body_bytes = 0  # announced by the requests being served
         self.lifespan_done = anyio.Event()
         self.lifespan_failure: str | None = None
         self._requests: set[asyncio.Task[Any]] = set()
+        self._counted = 0  # requests being served, but for ALWAYS_SERVED ones
         self._cancelled = False
 
     async def __call__(
         self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
             return
-        if scope["type"] == "http" and _head_size(scope) > MAX_HEAD_BYTES:
-            await _refuse_head(send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
+        admission = self._admission
+        head, body = _head(scope, admission.body_limit)
+        if head > MAX_HEAD_BYTES:
+            log.warning("request head over %d bytes: answered 431", MAX_HEAD_BYTES)
+            message = f"request head too large (limit {MAX_HEAD_BYTES} bytes)"
+            await _refuse(send, 431, message, [(b"connection", b"close")])
+            return
+        if body > admission.body_limit:
+            body = 0  # answered 413 before its body is read
+        counted = scope["path"] not in ALWAYS_SERVED
+        if counted:
+            busy = self._busy(body)
+            if busy is not None:
+                retry = [(b"retry-after", b"%d" % admission.retry_after)]
+                await _refuse(send, 503, busy, retry)
+                return
+            self._body_bytes += body
         task = asyncio.current_task()
         assert task is not None
         if self._cancelled:
@@ -107,14 +157,27 @@ class _Served:
             await self.app(scope, receive, send)
         finally:
             self._requests.discard(task)
+            if counted:
+                self._counted -= 1
+                self._body_bytes -= body
+
+    def _busy(self, body: int) -> str | None:
+        """Why a request cannot be taken now (None: it is admitted and counted)."""
+        admission = self._admission
+        if self._counted >= admission.max_requests:
+            return f"too many requests at once (limit {admission.max_requests}); retry later"
+        if body and self._body_bytes + body > admission.max_body_bytes:
+            return f"too many request bytes at once (limit {admission.max_body_bytes}); retry later"
+        self._counted += 1
+        return None
 
     async def _lifespan(
         self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
-        async def noting_send(message: MutableMapping[str, Any]) -> None:
+        async def noting_send(message: Message) -> None:
             if message["type"] == "lifespan.startup.failed":
                 self.lifespan_failure = message.get("message") or "lifespan startup failed"
                 self.lifespan_done.set()
@@ -152,6 +215,7 @@ class Ingress(Actor):
         backlog: int = 1024,
         reuse_port: bool = False,
         deadline: DrainDeadline | None = None,
+        admission: Admission | None = None,
         name: str = "ingress",
     ) -> None:
         self.name = name
@@ -162,6 +226,7 @@ class Ingress(Actor):
         self._backlog = backlog
         self._reuse_port = reuse_port
         self._deadline = deadline if deadline is not None else DrainDeadline()
+        self._admission = admission if admission is not None else Admission()
         self._stop_requested = anyio.Event()
         self._wake = anyio.Event()  # a stop request, or the server ended by itself
         self._trigger = anyio.Event()  # Hypercorn's shutdown trigger
@@ -211,7 +276,8 @@ class Ingress(Actor):
         sock = self._listen()
         host, port = sock.getsockname()[:2]
         self.bound = (host, port)
-        served = _Served(front(self._app))  # the webhook served raw, Quart for the rest
+        # The webhook served raw, Quart for the rest.
+        served = _Served(front(self._app), self._admission)
         # Hypercorn owns the socket from here on, and closes it as it stops accepting.
         socket_inode = os.fstat(sock.fileno()).st_ino
         handed = sock.detach()

@@ -1,9 +1,11 @@
 """metrics reporter: samples what no request path sees.
 
 Every `interval` seconds: the depth of each in-process channel; for each source, its
-durable consumer's pending and ack-pending counts (consumer lag), whose delivered stream
-sequence also settles this process's in-flight ledger (see `sluice.inflight`); and the
-dead-letter queue size where this process has the database.
+durable consumer's position (pending, ack pending, ack floor, last delivered); each
+stream's messages, bytes and last sequence; where this process has the database, the
+rows stored per source and the dead letters not yet replayed. These figures come from
+JetStream and PostgreSQL themselves, so they agree across processes and restarts: a
+message that left the work stream unwritten shows as stored rows that never catch up.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
 
     from sluice.metrics import Metrics
+    from sluice.ports import ConsumerFigures, StreamFigures
 
 log = logging.getLogger("sluice.metrics")
 
-ConsumerProbe = Callable[[], Awaitable[tuple[int, int, int]]]
-"""(pending, ack pending, last delivered stream sequence) of one source's consumer."""
-
+ConsumerProbe = Callable[[], Awaitable["ConsumerFigures"]]
+StreamProbe = Callable[[], Awaitable["StreamFigures"]]
 CountProbe = Callable[[], Awaitable[int]]
+RowsProbe = Callable[[], Awaitable[Mapping[str, int]]]
 
 
 class MetricsReporter(Actor):
@@ -40,11 +43,15 @@ class MetricsReporter(Actor):
         channels: Mapping[str, MemoryObjectReceiveStream[Any]],
         consumers: Mapping[str, ConsumerProbe],
         interval: float,
+        streams: Mapping[str, StreamProbe] | None = None,
+        stored_rows: RowsProbe | None = None,
         dead_letters: CountProbe | None = None,
     ) -> None:
         self._metrics = metrics
         self._channels = channels
         self._consumers = consumers
+        self._streams = streams or {}
+        self._stored_rows = stored_rows
         self._dead_letters = dead_letters
         self._interval = interval
         self._stop = anyio.Event()
@@ -65,12 +72,23 @@ class MetricsReporter(Actor):
         for name, stream in self._channels.items():
             m.channel_depth.labels(name).set(stream.statistics().current_buffer_used)
         for source, probe in self._consumers.items():
-            state = await self._ask(f"consumer {source}", probe)
-            if state is not None:
-                pending, ack_pending, delivered = state
-                m.consumer_pending.labels(source).set(pending)
-                m.consumer_ack_pending.labels(source).set(ack_pending)
-                m.in_flight.delivered_up_to(source, delivered)
+            consumer: ConsumerFigures | None = await self._ask(f"consumer {source}", probe)
+            if consumer is not None:
+                m.consumer_pending.labels(source).set(consumer.pending)
+                m.consumer_ack_pending.labels(source).set(consumer.ack_pending)
+                m.consumer_ack_floor.labels(source).set(consumer.ack_floor)
+                m.consumer_delivered.labels(source).set(consumer.delivered)
+        for name, stream_probe in self._streams.items():
+            figures: StreamFigures | None = await self._ask(f"stream {name}", stream_probe)
+            if figures is not None:
+                m.stream_messages.labels(name).set(figures.messages)
+                m.stream_bytes.labels(name).set(figures.bytes)
+                m.stream_last_seq.labels(name).set(figures.last_seq)
+        if self._stored_rows is not None:
+            rows = await self._ask("stored rows", self._stored_rows)
+            if rows is not None:
+                for source, count in rows.items():
+                    m.events_stored_rows.labels(source).set(count)
         if self._dead_letters is not None:
             size = await self._ask("dead letters", self._dead_letters)
             if size is not None:

@@ -7,6 +7,7 @@ from sluice.config.settings import (
     Settings,
     load_settings,
     load_settings_with_origins,
+    mask_urls,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "Settings",
     "load_settings",
     "load_settings_with_origins",
+    "mask_urls",
 ]

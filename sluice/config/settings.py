@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,15 @@ class Settings:
     max_body_bytes: int = _env("SLUICE_MAX_BODY_BYTES", _positive_int, 16 * MiB)
     max_inflight_publishes: int = _env("SLUICE_MAX_INFLIGHT_PUBLISHES", _positive_int, 256)
     publish_timeout: float = _env("SLUICE_PUBLISH_TIMEOUT", _positive_float, 5.0)
+    # Admission, before any work: requests being served at once (health and metrics are
+    # always served), the bytes their bodies may add up to (from Content-Length, before
+    # reading), and how long a body may take to arrive (a head that trickles is cut at
+    # the keep-alive timeout).
+    max_requests_in_flight: int = _env("SLUICE_MAX_REQUESTS_IN_FLIGHT", _positive_int, 1024)
+    max_body_bytes_in_flight: int = _env(
+        "SLUICE_MAX_BODY_BYTES_IN_FLIGHT", _positive_int, 256 * MiB
+    )
+    body_timeout: float = _env("SLUICE_BODY_TIMEOUT", _positive_float, 30.0)
     retry_after_seconds: int = _env("SLUICE_RETRY_AFTER", _positive_int, 1)
     # 429 while more than this many messages wait in the consumers (0: never), or about
     # this many events (the messages times the events per message this process publishes).
@@ -149,11 +159,23 @@ class Settings:
     sources: tuple[str, ...] = _env("SLUICE_SOURCES", _names, ("facebook", "tiktok", "generic"))
     stream: str = _env("SLUICE_STREAM", _text, "EVENTS")
     subject_prefix: str = _env("SLUICE_SUBJECT_PREFIX", _text, "events")
+    # The stream the consumers read is a work queue: a message leaves it once acked, so
+    # these bound only the backlog not yet written (past max_bytes: 503).
     stream_max_age: float = _env("SLUICE_STREAM_MAX_AGE", _positive_float, 7 * 24 * 3600.0)
-    stream_max_bytes: int = _env("SLUICE_STREAM_MAX_BYTES", _positive_int, 20 * GiB)
+    stream_max_bytes: int = _env("SLUICE_STREAM_MAX_BYTES", _positive_int, 4 * GiB)
     duplicate_window: float = _env("SLUICE_DUPLICATE_WINDOW", _positive_float, 120.0)
+    # History for replay: a second stream sourcing the first, dropping its oldest
+    # messages past these limits (it never refuses one). Default name: <stream>_HISTORY.
+    # nats-server reserves both max_bytes on its disk: 4 + 16 GiB, what one stream of
+    # 20 GiB took before.
+    history_stream: str | None = _env("SLUICE_HISTORY_STREAM", _text, None)
+    history_max_age: float = _env("SLUICE_HISTORY_MAX_AGE", _positive_float, 7 * 24 * 3600.0)
+    history_max_bytes: int = _env("SLUICE_HISTORY_MAX_BYTES", _positive_int, 16 * GiB)
 
-    ack_wait: float = _env("SLUICE_ACK_WAIT", _positive_float, 30.0)
+    # A message held past ack_wait without an ack or a progress signal is redelivered;
+    # the process that holds one signals progress every ack_wait / 3, so a short wait
+    # costs nothing while it lives and brings a dead process's messages back quickly.
+    ack_wait: float = _env("SLUICE_ACK_WAIT", _positive_float, 5.0)
     max_deliver: int = _env("SLUICE_MAX_DELIVER", _positive_int, 50)
     max_ack_pending: int = _env("SLUICE_MAX_ACK_PENDING", _positive_int, 1000)
     fetch_batch: int = _env("SLUICE_FETCH_BATCH", _positive_int, 64)
@@ -175,6 +197,10 @@ class Settings:
     def subject(self, source: str) -> str:
         return f"{self.subject_prefix}.{source}"
 
+    @property
+    def history_stream_name(self) -> str:
+        return self.history_stream or f"{self.stream}_HISTORY"
+
     def masked(self) -> dict[str, str]:
         """The effective settings by environment name, secrets masked."""
         shown: dict[str, str] = {}
@@ -186,6 +212,16 @@ class Settings:
                 value = ",".join(value)
             shown[f.metadata["env"]] = "" if value is None else str(value)
         return shown
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def mask_urls(text: str) -> str:
+    """`text` with the password or token of every URL in it masked (for error texts)."""
+    if "://" not in text:
+        return text
+    return _URL.sub(lambda match: _mask_one(match.group(0)), text)
 
 
 def _mask_url(url: str) -> str:
@@ -316,6 +352,11 @@ def _consistency(settings: Settings) -> list[str]:
         problems.append(
             f"SLUICE_FETCH_TIMEOUT={settings.fetch_timeout:g}: must be below "
             f"SLUICE_ACK_WAIT={settings.ack_wait:g}"
+        )
+    if settings.history_stream_name == settings.stream:
+        problems.append(
+            f"SLUICE_HISTORY_STREAM={settings.history_stream_name}: must differ from "
+            f"SLUICE_STREAM={settings.stream}"
         )
     if settings.flush_interval >= settings.ack_wait:
         problems.append(

@@ -16,7 +16,8 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from sluice.ports import LogClosed, LogUnavailable, PublishAck
+from sluice.edges.streams import StreamKeeper
+from sluice.ports import ConsumerFigures, LogClosed, LogUnavailable, PublishAck, StreamFigures
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from sluice.config import Settings
 
 log = logging.getLogger("sluice.bus")
-
-_BACKOFF_CAP = 600.0
 
 
 class NatsDelivery:
@@ -58,6 +57,9 @@ class NatsDelivery:
 
     async def term(self) -> None:
         await self._msg.term()
+
+    async def in_progress(self) -> None:
+        await self._msg.in_progress()
 
 
 class NatsSubscription:
@@ -136,22 +138,13 @@ class JetStreamBus:
                 await nc.close()
 
     async def ensure_stream(self) -> None:
-        """Create the stream, or bring an existing one to the configured limits."""
-        s = self._settings
-        config = api.StreamConfig(
-            name=s.stream,
-            subjects=[f"{s.subject_prefix}.>"],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            max_age=s.stream_max_age,
-            max_bytes=s.stream_max_bytes,
-            discard=api.DiscardPolicy.NEW,
-            duplicate_window=s.duplicate_window,
-        )
+        """Create the work stream and its history stream, or bring existing ones to the
+        configured limits, migrating a work stream of limits retention (see
+        `sluice.edges.streams`). Raises LogUnavailable if JetStream refuses."""
         try:
-            await self._js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            await self._js.update_stream(config)
+            await StreamKeeper(self._js, self._settings).ensure()
+        except (nats.errors.Error, OSError) as exc:
+            raise LogUnavailable(f"cannot set up the streams: {exc!r}") from exc
 
     @property
     def max_payload(self) -> int:
@@ -216,17 +209,29 @@ class JetStreamBus:
             total += int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         return total
 
-    async def consumer_state(self, source: str) -> tuple[int, int, int]:
-        """(pending, ack pending, last delivered stream sequence) of `source`'s durable
-        consumer, for the metrics reporter. Raises LogUnavailable, also when the
-        consumer does not exist yet."""
+    async def consumer_figures(self, source: str) -> ConsumerFigures:
+        """Where `source`'s durable consumer stands, for the metrics reporter. Raises
+        LogUnavailable, also when the consumer does not exist yet."""
         s = self._settings
         try:
             info = await self._js.consumer_info(s.stream, f"sluice-{source}", timeout=2.0)
         except (nats.errors.Error, OSError) as exc:
             raise LogUnavailable(f"consumer info failed: {exc!r}") from exc
-        delivered = info.delivered.stream_seq if info.delivered is not None else 0
-        return int(info.num_pending or 0), int(info.num_ack_pending or 0), int(delivered or 0)
+        return ConsumerFigures(
+            pending=int(info.num_pending or 0),
+            ack_pending=int(info.num_ack_pending or 0),
+            ack_floor=int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0,
+            delivered=int(info.delivered.stream_seq or 0) if info.delivered else 0,
+        )
+
+    async def stream_figures(self, stream: str) -> StreamFigures:
+        """What `stream` holds now, for the metrics reporter. Raises LogUnavailable."""
+        try:
+            info = await self._js.stream_info(stream)
+        except (nats.errors.Error, OSError) as exc:
+            raise LogUnavailable(f"stream info failed: {exc!r}") from exc
+        state = info.state
+        return StreamFigures(int(state.messages), int(state.bytes), int(state.last_seq))
 
     async def subscribe(self, source: str) -> NatsSubscription:
         """Bind to (creating or updating) the durable pull consumer for `source`."""
@@ -238,9 +243,10 @@ class JetStreamBus:
             filter_subject=s.subject(source),
             ack_policy=api.AckPolicy.EXPLICIT,
             deliver_policy=api.DeliverPolicy.ALL,
+            # No backoff list: a redelivery comes after ack_wait, however many came
+            # before (an outage must not push the next one minutes away).
             ack_wait=s.ack_wait,
             max_deliver=s.max_deliver,
-            backoff=_backoff(s.ack_wait, s.max_deliver),
             max_ack_pending=s.max_ack_pending,
         )
         try:
@@ -249,14 +255,6 @@ class JetStreamBus:
         except (nats.errors.Error, OSError) as exc:
             raise LogUnavailable(f"cannot open consumer {durable}: {exc!r}") from exc
         return NatsSubscription(sub, self._nc)
-
-
-def _backoff(ack_wait: float, max_deliver: int) -> list[float]:
-    """Redelivery delays: ack_wait first, doubling up to a cap (the server repeats the last)."""
-    delays = [ack_wait]
-    while len(delays) < min(max_deliver, 8) and delays[-1] < _BACKOFF_CAP:
-        delays.append(min(delays[-1] * 2, _BACKOFF_CAP))
-    return delays
 
 
 async def _log_error(exc: Exception) -> None:

@@ -398,6 +398,13 @@ class PgEventStore:
         count: int = await self._run(lambda conn: conn.fetchval("SELECT count(*) FROM events"))
         return count
 
+    async def stored_rows(self) -> dict[str, int]:
+        """Rows in `events`, by source. Read from the daily rollups, which the writers
+        update in the same transaction as the rows (a count(*) would scan the table)."""
+        query = "SELECT source, sum(events)::bigint FROM rollup_events_d GROUP BY source"
+        records = await self._run(lambda conn: conn.fetch(query))
+        return {record[0]: int(record[1]) for record in records}
+
     async def count_dead_letters_pending(self) -> int:
         """Dead letters not replayed yet (the DLQ size; uses the partial index)."""
         query = "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL"

@@ -28,8 +28,7 @@ from sluice.http.webhook import (
 from sluice.sources import SOURCE_NAMES
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, MutableMapping
-
+    from sluice.http.asgi import Receive, Scope, Send
     from sluice.http.health import Health
 
 log = logging.getLogger("sluice.webhook")
@@ -47,9 +46,11 @@ class _TooLarge(Exception):
     pass
 
 
-async def _not_allowed(
-    method: str, send: Callable[[MutableMapping[str, Any]], Awaitable[None]]
-) -> None:
+class _Slow(Exception):
+    pass
+
+
+async def _not_allowed(method: str, send: Send) -> None:
     """405 for a webhook route asked with another method (OPTIONS: 204), with Allow."""
     status = 204 if method == "OPTIONS" else 405
     payload = b"" if status == 204 else json_bytes({"error": f"{method} not allowed; use POST"})
@@ -78,13 +79,14 @@ class WebhookFront:
         self.ingest = ingest
         self.health = health
         self._limit = ingest.settings.max_body_bytes
+        self._body_timeout = ingest.settings.body_timeout
         self._timers: dict[tuple[str, int], Any] = {}
 
     async def __call__(
         self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
@@ -96,7 +98,12 @@ class WebhookFront:
                     rule = "/webhook/<source>"
             if rule is not None:
                 if scope["method"] == "POST":
-                    await self._serve(scope, receive, send, rule, source)
+                    requests = self.ingest.requests
+                    requests.enter()  # before the draining check: a drain waits for it
+                    try:
+                        await self._serve(scope, receive, send, rule, source)
+                    finally:
+                        requests.leave()
                     return
                 if rule != "/events":  # GET /events lists stored events (a report)
                     await _not_allowed(scope["method"], send)
@@ -105,29 +112,13 @@ class WebhookFront:
 
     async def _serve(
         self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
         rule: str,
         source: str | None,
     ) -> None:
         started = time.perf_counter()
-        requests = self.ingest.requests
-        requests.enter()  # before the draining check: a drain waits for this request
-        try:
-            await self._respond(scope, receive, send, rule, source, started)
-        finally:
-            requests.leave()
-
-    async def _respond(
-        self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
-        rule: str,
-        source: str | None,
-        started: float,
-    ) -> None:
         content_type = length = cid = None
         for name, value in scope["headers"]:
             if name == b"content-type":
@@ -158,7 +149,7 @@ class WebhookFront:
 
     async def _answer(
         self,
-        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        receive: Receive,
         content_type: str | None,
         length: bytes | None,
         source: str | None,
@@ -181,6 +172,12 @@ class WebhookFront:
             body = await self._read_body(receive)
         except _TooLarge:
             return too_large(self._limit)
+        except _Slow:
+            return Answer(
+                408,
+                {"error": f"request body not received within {self._body_timeout:g} s"},
+                {"Connection": "close"},
+            )
         # Answered within the publish timeout of the request's arrival, not counting the
         # time the client took to send its body.
         deadline = arrived + ingest.settings.publish_timeout + (anyio.current_time() - reading)
@@ -188,7 +185,14 @@ class WebhookFront:
             body, route_source=source, correlation_id=correlation_id, deadline=deadline
         )
 
-    async def _read_body(self, receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> bytes:
+    async def _read_body(self, receive: Receive) -> bytes:
+        """The whole body; raises _TooLarge past the limit, _Slow past the body timeout."""
+        with anyio.move_on_after(self._body_timeout) as scope:
+            return await self._read_all(receive)
+        assert scope.cancelled_caught
+        raise _Slow
+
+    async def _read_all(self, receive: Receive) -> bytes:
         parts: list[bytes] = []
         size = 0
         while True:

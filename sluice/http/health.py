@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 import anyio
 from quart import Blueprint, Response, current_app, jsonify
 
+from sluice.config import mask_urls
+
 Check = Callable[[], Awaitable[None]]  # raises (anything) when not ready
 
 CHECK_TIMEOUT = 2.0
@@ -39,7 +41,8 @@ class Health:
                 with anyio.fail_after(CHECK_TIMEOUT):
                     await check()
             except Exception as exc:
-                results[name] = {"ok": False, "error": str(exc) or type(exc).__name__}
+                error = str(exc) or type(exc).__name__
+                results[name] = {"ok": False, "error": mask_urls(error)}
             else:
                 results[name] = {"ok": True}
 

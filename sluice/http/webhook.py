@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 
 from sluice import envelope
-from sluice.config import Settings
+from sluice.config import Settings, mask_urls
 from sluice.http._group_commit import CORRELATION_HEADER as CORRELATION_HEADER
 from sluice.http._group_commit import GroupCommit, ServiceUnavailable
 from sluice.metrics import Metrics
@@ -104,7 +104,6 @@ class Ingest:
     def _count_duplicates(self, source: str, count: int) -> None:
         """Events the webhook did not publish again: re-sent, or repeated in one body."""
         self.metrics.events_duplicate.labels(source).inc(count)
-        self.metrics.webhook_duplicates += count
 
     def _retry_headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.settings.retry_after_seconds)}
@@ -185,7 +184,9 @@ class Ingest:
         except ServiceUnavailable as exc:
             log.warning("publish failed: %s", exc, extra={"correlation_id": correlation_id})
             return Answer(
-                503, {"error": f"events not accepted, try again: {exc}"}, self._retry_headers()
+                503,
+                {"error": f"events not accepted, try again: {mask_urls(str(exc))}"},
+                self._retry_headers(),
             )
         if validated.duplicates:
             only = next(iter(validated.by_source)) if len(validated.by_source) == 1 else None

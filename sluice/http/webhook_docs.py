@@ -84,16 +84,27 @@ _ANSWERS: dict[int, tuple[str, str, bool]] = {
     422: ("Nothing valid (an empty array included): the same body as 202.", "WebhookAnswer", False),
     400: ("Malformed JSON, or not an object or an array.", "WebhookError", False),
     404: ("POST /webhook/{source}: an unknown source.", "WebhookError", False),
+    408: (
+        "The body did not arrive within SLUICE_BODY_TIMEOUT; the connection is closed.",
+        "WebhookError",
+        False,
+    ),
     413: ("The body is over the size limit (SLUICE_MAX_BODY_BYTES).", "WebhookError", False),
     415: ("The content type is not JSON.", "WebhookError", False),
+    431: (
+        "The request line and headers are over 16 KiB; the connection is closed.",
+        "WebhookError",
+        False,
+    ),
     429: (
         "Too much waits to be written (the backlog limits): retry after Retry-After.",
         "WebhookError",
         True,
     ),
     503: (
-        "NATS cannot take the events now, or the process is draining: nothing of the "
-        "request was accepted; retry after Retry-After.",
+        "NATS has not acked the events within SLUICE_PUBLISH_TIMEOUT of the request's "
+        "arrival, the process is draining, or more requests than admitted are in flight: "
+        "nothing of the request was accepted; retry after Retry-After.",
         "WebhookError",
         True,
     ),

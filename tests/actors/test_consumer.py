@@ -99,6 +99,31 @@ async def test_a_connection_closed_for_good_crashes_the_consumer(
         with pytest.raises(LogClosed):
             await consumer_for(subscription, send).run()  # not retried: the supervisor decides
     assert subscription.fetches == 1
+    assert subscription.closed  # a restarted consumer leaves no inbox behind
+
+
+@pytest.mark.trio
+async def test_the_subscription_is_closed_when_run_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    subscription = FakeSubscription()
+    send, out = open_channel[Work](4)
+    async with out, run_actor(consumer_for(subscription, send)) as handle:
+        assert not subscription.closed
+        handle.stop()
+    assert subscription.closed
+
+
+@pytest.mark.trio
+async def test_the_subscription_is_closed_when_the_consumer_is_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    subscription = FakeSubscription()
+    send, out = open_channel[Work](4)
+    async with out, send:
+        with trio.move_on_after(5):
+            await consumer_for(subscription, send).run()
+    assert subscription.fetches > 0 and subscription.closed
 
 
 def test_rows_of_a_combined_envelope_carry_their_own_requests_correlation_ids() -> None:

@@ -35,7 +35,8 @@ async def test_drops_committed_ids_and_acks_messages_left_empty() -> None:
     metrics = Metrics()
     guard = DedupGuard(inbox, outbox, committed, capacity=100, metrics=metrics)
     all_dupes = Work("tiktok", FakeDelivery(), [row("a", "tiktok"), row("b", "tiktok")])
-    partial = Work("tiktok", FakeDelivery(), [row("b", "tiktok"), row("c", "tiktok")])
+    partial_delivery = FakeDelivery()
+    partial = Work("tiktok", partial_delivery, [row("b", "tiktok"), row("c", "tiktok")])
     fresh = Work("tiktok", FakeDelivery(), [row("d", "tiktok")])
     async with out, run_actor(guard):
         async with committed_send:
@@ -49,25 +50,66 @@ async def test_drops_committed_ids_and_acks_messages_left_empty() -> None:
         passed = [item async for item in out]
     assert all_dupes.delivery.acked
     assert [[r.event_id for r in item.rows] for item in passed] == [["c"], ["d"]]
-    assert passed[0].duplicates == 1 and not passed[0].delivery.acked
-    assert metrics.registry.get_sample_value("events_duplicate_total", {"source": "tiktok"}) == 3
+    assert passed[0].duplicates == 1 and not partial_delivery.acked
+    # A dropped duplicate counts when its message is acked, not before.
+    assert duplicates(metrics, "tiktok") == 2
+    await passed[0].delivery.ack()  # what the writer does after the commit
+    assert partial_delivery.acked and duplicates(metrics, "tiktok") == 3
+
+
+def duplicates(metrics: Metrics, source: str = "facebook") -> float | None:
+    return metrics.registry.get_sample_value("events_duplicate_total", {"source": source})
+
+
+class Guard:
+    """A guard running on channels the test drives."""
+
+    def __init__(self) -> None:
+        self.in_send, inbox = open_channel[Work](8)
+        outbox, self.out = open_channel[Work](8)
+        self.committed_send, committed = open_channel[list[str]](8)
+        self.metrics = Metrics()
+        self.actor = DedupGuard(inbox, outbox, committed, capacity=100, metrics=self.metrics)
 
 
 @pytest.mark.anyio
-async def test_ids_not_yet_committed_are_passed_on_even_if_seen() -> None:
-    in_send, inbox = open_channel[Work](8)
-    outbox, out = open_channel[Work](8)
-    committed_send, committed = open_channel[list[str]](8)
-    guard = DedupGuard(inbox, outbox, committed, capacity=100, metrics=Metrics())
+async def test_a_copy_of_ids_in_flight_is_dropped_and_acked_once_the_first_commits() -> None:
+    """A redelivery during a slow flush: the first copy is still in a writer's batch."""
+    g = Guard()
+    first = Work("facebook", FakeDelivery(), [row("a"), row("b")])
+    redelivered_delivery = FakeDelivery(num_delivered=2)
+    redelivered = Work("facebook", redelivered_delivery, [row("a"), row("b")])
+    async with run_actor(g.actor), g.out, g.committed_send, g.in_send:
+        await g.in_send.send(first)
+        passed = await g.out.receive()
+        await g.in_send.send(redelivered)
+        await g.in_send.send(Work("facebook", FakeDelivery(), [row("c")]))
+        after = await g.out.receive()  # the redelivery did not come through
+        assert [r.event_id for r in after.rows] == ["c"]
+        assert not redelivered_delivery.acked
+        await passed.delivery.ack()  # the writer committed the first copy
+        assert redelivered_delivery.acked
+        assert duplicates(g.metrics) == 2
+
+
+@pytest.mark.anyio
+async def test_a_copy_parked_behind_a_first_that_is_given_back_is_given_back_too() -> None:
+    g = Guard()
     first = Work("facebook", FakeDelivery(), [row("a")])
-    redelivered = Work("facebook", FakeDelivery(num_delivered=2), [row("a")])
-    async with out, run_actor(guard):
-        await committed_send.aclose()
-        async with in_send:
-            await in_send.send(first)
-            await in_send.send(redelivered)
-        passed = [item async for item in out]
-    assert [item.delivery for item in passed] == [first.delivery, redelivered.delivery]
+    copy_delivery = FakeDelivery(num_delivered=2)
+    async with run_actor(g.actor), g.out, g.committed_send, g.in_send:
+        await g.in_send.send(first)
+        passed = await g.out.receive()
+        await g.in_send.send(Work("facebook", copy_delivery, [row("a")]))
+        await g.in_send.send(Work("facebook", FakeDelivery(), [row("z")]))
+        await g.out.receive()
+        await passed.delivery.nak(1.0)  # the store was away
+        assert copy_delivery.naks == [None] and not copy_delivery.acked
+        assert not duplicates(g.metrics)
+        # Once given back, "a" is no longer in flight: the next copy is written.
+        await g.in_send.send(Work("facebook", FakeDelivery(num_delivered=3), [row("a")]))
+        again = await g.out.receive()
+        assert [r.event_id for r in again.rows] == ["a"]
 
 
 async def anyio_checkpoint() -> None:

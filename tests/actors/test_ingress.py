@@ -18,7 +18,7 @@ import msgspec
 import pytest
 from anyio.abc import SocketStream
 
-from sluice.actors.ingress import MAX_HEAD_BYTES, Ingress, LifespanFailed
+from sluice.actors.ingress import MAX_HEAD_BYTES, Admission, Ingress, LifespanFailed
 from sluice.config import Settings
 from sluice.engine import DrainDeadline
 from sluice.http.app import HttpDeps, create_app
@@ -117,6 +117,8 @@ class Waiting:
 
     def __init__(self) -> None:
         self.entered = anyio.Event()
+        self.entered_count: list[int] = []
+        self._entering = anyio.Event()
         self.release = anyio.Event()
         self.cancelled = False
         self.lifespan: list[str] = []
@@ -133,6 +135,9 @@ class Waiting:
         while (await receive()).get("more_body"):
             pass
         self.entered.set()
+        self.entered_count.append(1)
+        self._entering.set()
+        self._entering = anyio.Event()
         try:
             await self.release.wait()
         except BaseException:
@@ -141,6 +146,10 @@ class Waiting:
         headers = [(b"content-length", b"4")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"done"})
+
+    async def any_entered(self) -> None:
+        """Wait for the next request to enter."""
+        await self._entering.wait()
 
 
 class LogEvent(logging.Handler):
@@ -422,3 +431,68 @@ async def test_reuse_port_lets_two_ingresses_share_a_port() -> None:
         with pytest.RaisesGroup(pytest.RaisesExc(OSError, match="in use")):
             async with serving(sluice_app(), port=first.bound[1]):
                 pass
+
+
+# --------------------------------------------------------------------------- admission
+
+
+async def test_requests_over_the_cap_are_503_before_any_work_and_health_still_answers() -> None:
+    app = Waiting()
+
+    async def health_or_wait(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/health/live":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await app(scope, receive, send)
+
+    admission = Admission(max_requests=2, retry_after=3)
+    async with serving(health_or_wait, admission=admission) as ingress:
+        held = [await connect(ingress) for _ in range(2)]
+        for stream in held:
+            await stream.send(b"GET /slow HTTP/1.1\r\nhost: test\r\n\r\n")
+        while len(app.entered_count) < 2:
+            await app.any_entered()
+        async with await connect(ingress) as stream:
+            await stream.send(post(event_body(1)))
+            status, headers, body = await Reader(stream).response()
+            assert status == 503 and headers["retry-after"] == "3"
+            assert "too many requests" in msgspec.json.decode(body)["error"]
+        async with await connect(ingress) as stream:  # health is always served
+            await stream.send(b"GET /health/live HTTP/1.1\r\nhost: test\r\n\r\n")
+            status, _, _ = await Reader(stream).response()
+            assert status == 200
+        app.release.set()
+        for stream in held:
+            status, _, _ = await Reader(stream).response()
+            assert status == 200
+            await stream.aclose()
+
+
+async def test_bodies_over_the_bytes_in_flight_are_503_from_their_content_length() -> None:
+    log = FakeEventLog()
+    admission = Admission(max_body_bytes=1000, body_limit=16 * MiB)
+    async with serving(sluice_app(log), admission=admission) as ingress:
+        async with await connect(ingress) as stream:
+            # Announced, not sent: refused before reading a byte of it.
+            await stream.send(post(b"", length=5000))
+            status, headers, body = await Reader(stream).response()
+            assert status == 503 and headers["retry-after"] == "1"
+            assert "too many request bytes" in msgspec.json.decode(body)["error"]
+        async with await connect(ingress) as stream:
+            await stream.send(post(event_body(2)))
+            status, _, _ = await Reader(stream).response()
+            assert status == 202
+    assert len(log.published) == 1
+
+
+async def test_a_body_that_trickles_is_cut_off_at_the_body_timeout() -> None:
+    app = create_app(
+        HttpDeps(Settings(body_timeout=0.3), Metrics(), Health(), event_log=FakeEventLog())
+    )
+    async with serving(app) as ingress, await connect(ingress) as stream:
+        await stream.send(post(b"[", length=100))  # 1 byte of 100, then nothing
+        reader = Reader(stream)
+        status, _, body = await reader.response()
+        assert status == 408 and "not received within 0.3 s" in msgspec.json.decode(body)["error"]
+        assert await reader.closed()

@@ -158,16 +158,21 @@ class HangingStore(FakeStore):
         await anyio.sleep_forever()
 
 
-@pytest.mark.trio
-async def test_the_shielded_flush_ends_at_a_forced_stop_not_60_s_later(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+def hanging_writer():  # type: ignore[no-untyped-def]
     store = HangingStore()
     send, inbox = open_channel[Work](4)
     deadline = DrainDeadline()
     writer = BatchWriter(
         inbox, store, None, flush_rows=1, flush_interval=0.1, metrics=Metrics(), deadline=deadline
     )
+    return store, send, inbox, deadline, writer
+
+
+@pytest.mark.trio
+async def test_the_shielded_flush_ends_at_a_forced_stop_not_60_s_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store, send, inbox, deadline, writer = hanging_writer()
     item = work(store, "a")
     async with send, inbox, trio.open_nursery() as nursery:
         await nursery.start(writer.run)
@@ -184,12 +189,7 @@ async def test_the_shielded_flush_ends_at_a_forced_stop_not_60_s_later(
 async def test_the_shielded_flush_ends_at_the_drain_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    store = HangingStore()
-    send, inbox = open_channel[Work](4)
-    deadline = DrainDeadline()
-    writer = BatchWriter(
-        inbox, store, None, flush_rows=1, flush_interval=0.1, metrics=Metrics(), deadline=deadline
-    )
+    store, send, inbox, deadline, writer = hanging_writer()
     async with send, inbox, trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         await send.send(work(store, "a"))

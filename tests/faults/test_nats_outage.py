@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,7 +31,11 @@ PUBLISH_TIMEOUT = 2.0
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, str]]:
-    server = EmbeddedNats(tmp_path / "nats", port=0)
+    # A fixed port (free now), so the server restarted after a kill is where it was.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = EmbeddedNats(tmp_path / "nats", port=port, monitor=False)
     url = server.start()
     try:
         yield server, url
@@ -37,6 +43,18 @@ def nats_server(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, str]]:
         if server.pid is not None:
             os.kill(server.pid, signal.SIGCONT)
         server.stop()
+
+
+def sluice_env(nats_url: str, database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        "NATS_URL": nats_url,
+        "DATABASE_URL": database_url,
+        "SLUICE_DATA_DIR": str(tmp_path / "data"),
+        "SLUICE_HTTP_PORT": "0",
+        "SLUICE_PUBLISH_TIMEOUT": str(PUBLISH_TIMEOUT),
+        "SLUICE_ENV": "dev",
+        "LOG_LEVEL": "INFO",
+    }
 
 
 def post_one(url: str, event_id: str) -> tuple[int, float, str | None]:
@@ -52,15 +70,7 @@ def test_a_paused_nats_server_is_answered_503_within_the_publish_timeout(
     nats_server: tuple[EmbeddedNats, str], fresh_database_url: str, tmp_path: Path
 ) -> None:
     server, nats_url = nats_server
-    env = {
-        "NATS_URL": nats_url,
-        "DATABASE_URL": fresh_database_url,
-        "SLUICE_DATA_DIR": str(tmp_path / "data"),
-        "SLUICE_HTTP_PORT": "0",
-        "SLUICE_PUBLISH_TIMEOUT": str(PUBLISH_TIMEOUT),
-        "SLUICE_ENV": "dev",
-        "LOG_LEVEL": "INFO",
-    }
+    env = sluice_env(nats_url, fresh_database_url, tmp_path)
     running = start(env)
     accepted: set[str] = set()
     try:
@@ -79,7 +89,7 @@ def test_a_paused_nats_server_is_answered_503_within_the_publish_timeout(
                     continue
                 assert status == 503, running.output
                 assert retry_after is not None
-                assert took < PUBLISH_TIMEOUT + 1.0, f"answered after {took:.1f} s"
+                assert took < PUBLISH_TIMEOUT + 1.5, f"answered after {took:.1f} s"
             assert sum(status == 503 for status, _, _ in during) > 0
 
             os.kill(server.pid, signal.SIGCONT)
@@ -103,3 +113,84 @@ def test_a_paused_nats_server_is_answered_503_within_the_publish_timeout(
         running.signal(signal.SIGTERM)
         assert running.wait(timeout=60) in (0, 1), running.output
     assert all(count == 1 for count in stored_counts(fresh_database_url).values())
+
+
+class SteadyLoad:
+    """Threads posting one fresh event per request until stopped; every id that got
+    a 2xx is kept, and the slowest answer."""
+
+    def __init__(self, url: str, prefix: str, threads: int = 8) -> None:
+        self.url, self.prefix = url, prefix
+        self.accepted: set[str] = set()
+        self.statuses: dict[int, int] = {}
+        self.slowest = 0.0
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)
+        ]
+
+    def _run(self, n: int) -> None:
+        i = 0
+        while not self.stop.is_set():
+            event_id = f"{self.prefix}-{n}-{i}"
+            i += 1
+            try:
+                status, took, _ = post_one(self.url, event_id)
+            except httpx.TransportError:
+                continue
+            with self._lock:
+                self.statuses[status] = self.statuses.get(status, 0) + 1
+                self.slowest = max(self.slowest, took)
+                if status == 202:
+                    self.accepted.add(event_id)
+
+    def count(self, status: int) -> int:
+        with self._lock:
+            return self.statuses.get(status, 0)
+
+    def __enter__(self) -> SteadyLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_killed_nats_server_loses_nothing_that_got_a_2xx(
+    nats_server: tuple[EmbeddedNats, str], fresh_database_url: str, tmp_path: Path
+) -> None:
+    server, nats_url = nats_server
+    env = sluice_env(nats_url, fresh_database_url, tmp_path)
+    running = start(env)
+    try:
+        with SteadyLoad(running.url, "kill") as load:
+            wait_for(lambda: load.count(202) >= 200, "no 2xx before the kill")
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGKILL)  # mid-stream, acked writes on disk
+            wait_for(lambda: load.count(503) >= 20, "no 503 while NATS was down")
+            before_restart = load.count(202)
+            server.start()  # the same data directory and port
+            wait_for(
+                lambda: load.count(202) >= before_restart + 200,
+                f"no 2xx after restart: {load.statuses}",
+            )
+        assert set(load.statuses) <= {202, 503}, load.statuses
+        assert load.slowest < PUBLISH_TIMEOUT + 1.5, f"an answer took {load.slowest:.1f} s"
+        counts = wait_all_stored(fresh_database_url, load.accepted)
+        missing = load.accepted - set(counts)
+        assert not missing, f"{len(missing)} events got a 2xx and were not stored"
+        assert all(counts[event_id] == 1 for event_id in load.accepted)
+    finally:
+        running.signal(signal.SIGTERM)
+        assert running.wait(timeout=60) in (0, 1), running.output

@@ -247,7 +247,9 @@ def test_the_registry_exports_the_issue_contract() -> None:
         "actor_restarts": ("actor",),
         "batch_size": (),
         "batch_flush_seconds": (),
-        "events_reconciliation": (),
+        "consumer_ack_floor": ("source",),
+        "stream_messages": ("stream",),
+        "events_stored_rows": ("source",),
     }
     by_name = {
         getattr(metric, "_name", None): metric
@@ -261,5 +263,5 @@ def test_the_registry_exports_the_issue_contract() -> None:
         assert families[name].type == "counter"  # exported as <name>_total
     for name in ("batch_size", "batch_flush_seconds", "report_duration_seconds"):
         assert families[name].type == "histogram"
-    for name in ("consumer_pending_messages", "channel_depth", "events_reconciliation"):
+    for name in ("consumer_pending_messages", "channel_depth", "stream_messages"):
         assert families[name].type == "gauge"

@@ -178,3 +178,31 @@ def test_a_bad_fetch_max_bytes_is_reported(raw: str, reason: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({"SLUICE_FETCH_MAX_BYTES": raw})
     assert caught.value.problems == [f"SLUICE_FETCH_MAX_BYTES={raw!r}: {reason}"]
+
+
+def test_urls_in_error_texts_lose_their_passwords() -> None:
+    from sluice.config import mask_urls
+
+    text = (
+        "connection to postgresql://app:s3cret@db:5432/events failed; "
+        "nats://tok3n@nats:4222 and nats://u:p4ss@a:4222,nats://u:p4ss@b:4222 unreachable"
+    )
+    masked = mask_urls(text)
+    assert "s3cret" not in masked and "tok3n" not in masked and "p4ss" not in masked
+    assert "postgresql://app:***@db:5432/events" in masked
+    assert mask_urls("no url here") == "no url here"
+
+
+@pytest.mark.anyio
+async def test_readiness_errors_never_carry_a_password() -> None:
+    from sluice.http.health import Health
+
+    health = Health()
+
+    async def failing() -> None:
+        raise OSError("cannot reach postgresql://app:s3cret@db:5432/events")
+
+    health.checks["postgres"] = failing
+    ok, checks = await health.readiness()
+    assert not ok and "s3cret" not in str(checks["postgres"]["error"])
+    assert "app:***@db" in str(checks["postgres"]["error"])

@@ -11,6 +11,7 @@ import anyio
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.app import Engine, open_engine
 from sluice.config import Settings
@@ -67,6 +68,16 @@ def gauge(text: str, name: str) -> float:
     raise AssertionError(f"{name} not exported")
 
 
+def labelled(text: str, name: str, labels: dict[str, str] | None = None) -> list[float]:
+    """The values of `name`'s samples (with `labels` among theirs, when given)."""
+    values = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and (labels or {}).items() <= sample.labels.items():
+                values.append(sample.value)
+    return values
+
+
 async def test_ingress_and_worker_apart_with_one_correlation_id_to_the_row(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -100,10 +111,15 @@ async def test_ingress_and_worker_apart_with_one_correlation_id_to_the_row(
         await eventually(stored)
 
         async def reconciled() -> bool:
-            texts = [(await get(e, "/metrics")).text for e in (ingress, worker)]
-            total = sum(gauge(t, "events_reconciliation") for t in texts)
-            in_flight = sum(gauge(t, "events_in_flight") for t in texts)
-            return total == 0 and in_flight == 0
+            """The figures from PostgreSQL and JetStream: every event accepted is a
+            row, nothing left in the work stream or held."""
+            accepted = sum(labelled((await get(ingress, "/metrics")).text, "events_accepted_total"))
+            text = (await get(worker, "/metrics")).text
+            return (
+                sum(labelled(text, "events_stored_rows")) == accepted == 40
+                and labelled(text, "stream_messages", {"stream": settings.stream}) == [0.0]
+                and gauge(text, "messages_held") == 0
+            )
 
         await eventually(reconciled)
         worker_metrics = (await get(worker, "/metrics")).text
@@ -136,7 +152,7 @@ async def test_reports_role_needs_only_postgres(settings: Settings) -> None:
         assert set(response.json()["checks"]) == {"postgres", "migrations", "draining"}
         async with httpx.AsyncClient(base_url=reports.http_url) as client:
             assert (await client.post("/webhook", json=[])).status_code in (404, 405)
-        assert "events_reconciliation 0.0" in (await get(reports, "/metrics")).text
+        assert "# TYPE events_stored_rows gauge" in (await get(reports, "/metrics")).text
 
 
 async def test_an_unknown_role_is_refused(settings: Settings) -> None:

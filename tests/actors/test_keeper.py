@@ -1,0 +1,82 @@
+"""The keeper alone, on a fake consumer that redelivers like JetStream."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+import trio.testing
+
+from sluice.actors.keeper import MAX_HOLD, Keeper
+from sluice.engine.testing import run_actor
+from sluice.inflight import HeldMessages, HoldingSubscription
+from tests.fakes import RedeliveringSubscription
+
+ACK_WAIT = 5.0
+
+
+def held_subscription() -> tuple[RedeliveringSubscription, HeldMessages, HoldingSubscription]:
+    fake = RedeliveringSubscription(ack_wait=ACK_WAIT)
+    held = HeldMessages()
+    return fake, held, HoldingSubscription(fake, held)
+
+
+@pytest.mark.trio
+async def test_the_fake_redelivers_what_is_held_past_ack_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """What the keeper prevents: no keeper, the message comes again after ack_wait."""
+    fake, _, subscription = held_subscription()
+    fake.put(b"m")
+    [_first] = await subscription.fetch(10, 1.0)
+    started = anyio.current_time()
+    [again] = await subscription.fetch(10, 60.0)
+    assert again.num_delivered == 2
+    assert anyio.current_time() - started == pytest.approx(ACK_WAIT)
+
+
+@pytest.mark.trio
+async def test_a_message_held_through_a_slow_flush_is_not_redelivered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake, held, subscription = held_subscription()
+    fake.put(b"m")
+    async with run_actor(Keeper(held, ack_wait=ACK_WAIT)) as keeper:
+        [delivery] = await subscription.fetch(10, 1.0)
+        assert await subscription.fetch(10, 10 * ACK_WAIT) == []  # a minute held: no copy
+        await delivery.ack()
+        keeper.stop()
+    assert len(held) == 0 and fake.messages[0].delivered == 1
+
+
+@pytest.mark.trio
+async def test_on_stop_what_is_held_is_given_back_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake, held, subscription = held_subscription()
+    fake.put(b"m")
+    fake.put(b"n")
+    async with run_actor(Keeper(held, ack_wait=ACK_WAIT)) as keeper:
+        fetched = await subscription.fetch(10, 1.0)
+        assert len(held) == 2
+        keeper.stop()
+    stopped = anyio.current_time()
+    again = await fake.fetch(10, 60.0)  # the next worker
+    assert [d.num_delivered for d in again] == [2, 2]
+    assert anyio.current_time() == stopped  # no ack_wait to wait out
+    assert len(fetched) == 2 and len(held) == 0
+
+
+@pytest.mark.trio
+async def test_a_message_lost_in_a_crashed_actor_is_signalled_no_longer_than_max_hold(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake, held, subscription = held_subscription()
+    fake.put(b"m")
+    async with run_actor(Keeper(held, ack_wait=ACK_WAIT)) as keeper:
+        await subscription.fetch(10, 1.0)  # and then dropped on the floor
+        fetched = anyio.current_time()
+        [again] = await subscription.fetch(10, 2 * MAX_HOLD)
+        assert again.num_delivered == 2
+        assert MAX_HOLD <= anyio.current_time() - fetched <= MAX_HOLD + ACK_WAIT
+        await again.ack()
+        keeper.stop()
