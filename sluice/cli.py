@@ -309,6 +309,8 @@ def _servers(settings: Settings, *, nats: bool = True, postgres: bool = True) ->
 def _running_sluice(data_dir: Path) -> dict[str, Any] | None:
     """What `servers.json` says about a live `sluice run` on the embedded servers of
     `data_dir`, or None when no other sluice process holds them."""
+    if not embedded_installed():
+        return None  # no embedded servers here to hold
     import psutil
 
     try:

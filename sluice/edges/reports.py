@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,6 @@ from sluice.reports import (
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from datetime import datetime
     from decimal import Decimal
 
     from sluice.reports import ReportStore
@@ -106,6 +106,7 @@ class PgReportStore:
         first, last = await conn.fetchrow(query("report_extent"))
         if first is None:  # no events at all
             return lo, hi
+        first, last = _aware(first), _aware(last)
         if lo is not None and lo <= first:
             lo = None
         if hi is not None and hi > last:
@@ -253,7 +254,9 @@ class PgReportStore:
                     event_type,
                     limit,
                 )
-        return [StoredEvent(r["occurred_at"], r["event_id"], r["json"].encode()) for r in rows]
+        return [
+            StoredEvent(_aware(r["occurred_at"]), r["event_id"], r["json"].encode()) for r in rows
+        ]
 
 
 def _grains_for(interval: str | None) -> tuple[str, ...]:
@@ -264,7 +267,15 @@ def _grains_for(interval: str | None) -> tuple[str, ...]:
 
 
 def _series(record: Any) -> SeriesRow:
-    return SeriesRow(record["bucket"], record["events"], record["revenue"], record["transactions"])
+    return SeriesRow(
+        _aware(record["bucket"]), record["events"], record["revenue"], record["transactions"]
+    )
+
+
+def _aware(moment: datetime) -> datetime:
+    """asyncpg reads PostgreSQL's +-infinity as a naive datetime.max/min; the webhook no
+    longer accepts those instants, but rows stored before it refused them may hold them."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _int(value: Decimal | None) -> int | None:

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 __all__ = ["install_docs"]
 
 _REF = "#/components/schemas/{name}"
+DESCRIPTION = (
+    "sluice takes marketing and product events on its webhook and answers JSON reports "
+    "over them. What each source (facebook, tiktok, generic) may send (every field with "
+    "its type, range and meaning, what is rejected and why, the webhook's answers and an "
+    "example of every event type) is in the repository's `docs/events.md`."
+)
 _ASSETS = {
     "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
     "swagger-ui.css": "text/css; charset=utf-8",
@@ -90,7 +96,7 @@ def install_docs(app: Quart) -> None:
         swagger_ui_path="/docs",
         redoc_ui_path=None,  # these two load their scripts from CDNs
         scalar_ui_path=None,
-        info={"title": "sluice", "version": version},
+        info={"title": "sluice", "version": version, "description": DESCRIPTION},
         openapi_provider_class=_MsgspecProvider,
     )
     app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = "/docs/assets/swagger-ui-bundle.js"

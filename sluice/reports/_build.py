@@ -6,10 +6,12 @@ import base64
 import binascii
 from collections import defaultdict
 from datetime import UTC, datetime
-from decimal import Context, Decimal
+from decimal import Context, Decimal, localcontext
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+from sluice.sources import MAX_ID_LENGTH
 
 from ._params import BadParam
 from ._results import (
@@ -60,7 +62,10 @@ __all__ = [
 AGE_RANGES = ("<18", "18-24", "25-34", "35-44", "45-54", "55-64", "65+")
 FOLLOWER_RANGES = ("0-999", "1k-10k", "10k-100k", "100k-1M", "1M+")
 _CENTS = Decimal("0.01")
-_WIDE = Context(prec=1000)  # quantize never runs out of digits, whatever was summed
+# Sums and quantize never run out of digits, whatever was stored (amounts are at most 18
+# digits, so 1000 digits of precision covers more rows than can exist); the default
+# context (28 digits) would round a large sum silently.
+_WIDE = Context(prec=1000)
 _ZERO = Decimal(0)
 
 
@@ -120,6 +125,11 @@ def events(query: EventsQuery, totals: Totals) -> EventsReport:
 
 
 def revenue(totals: Totals, *, interval: str | None) -> RevenueReport:
+    with localcontext(_WIDE):
+        return _revenue(totals, interval)
+
+
+def _revenue(totals: Totals, interval: str | None) -> RevenueReport:
     by_source: dict[str, list[Decimal | int]] = {}
     for g in totals.groups:
         if g.transactions:
@@ -155,7 +165,7 @@ def revenue(totals: Totals, *, interval: str | None) -> RevenueReport:
 
 def _by_revenue(item: tuple[str, list[Decimal | int]]) -> tuple[Decimal, int, str]:
     key, (amount, transactions) = item
-    return (-Decimal(amount), -int(transactions), key)
+    return (Decimal(amount).copy_negate(), -int(transactions), key)
 
 
 # --- demographics ----------------------------------------------------------------------
@@ -262,7 +272,7 @@ def countries(totals: Totals, limit: int | None) -> list[CountryRow]:
         if g.country is not None and g.events:
             entry = acc.setdefault(g.country, [0, _ZERO])
             entry[0] += g.events
-            entry[1] += g.revenue
+            entry[1] = _WIDE.add(entry[1], g.revenue)
     ranked = sorted(acc.items(), key=lambda kv: (-kv[1][0], kv[0]))
     return [CountryRow(country=k, events=v[0], revenue=money(v[1])) for k, v in ranked[:limit]]
 
@@ -272,7 +282,7 @@ def top_campaigns(rows: list[CampaignRow], *, by: str, limit: int) -> list[TopIt
     for r in rows:
         entry = acc.setdefault((r.source, r.campaign_id), [0, _ZERO, 0])
         entry[0] += r.events
-        entry[1] += r.revenue
+        entry[1] = _WIDE.add(entry[1], r.revenue)
         entry[2] += r.transactions
     items = [
         TopItem(source=k[0], campaign_id=k[1], events=v[0], revenue=money(v[1]), transactions=v[2])
@@ -305,8 +315,8 @@ def _rank(by: str) -> Callable[[TopItem], tuple[Any, ...]]:
             v for v in (item.campaign_id, item.user_id, item.video_id) if isinstance(v, str)
         )
         if by == "revenue":
-            return (-item.revenue, -item.events, item.source, ident)
-        return (-item.events, -item.revenue, item.source, ident)
+            return (item.revenue.copy_negate(), -item.events, item.source, ident)
+        return (-item.events, item.revenue.copy_negate(), item.source, ident)
 
     return key
 
@@ -327,8 +337,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         occurred_at, event_id = _cursor_decoder.decode(raw)
-    except (binascii.Error, ValueError, msgspec.DecodeError):
+    except (binascii.Error, ValueError, RecursionError, msgspec.DecodeError):
         raise BadParam("cursor", "not a cursor from a previous page") from None
+    if not event_id or len(event_id) > MAX_ID_LENGTH or "\x00" in event_id:
+        raise BadParam("cursor", "not a cursor from a previous page")
     if occurred_at.tzinfo is None:
-        occurred_at = occurred_at.replace(tzinfo=UTC)
-    return occurred_at, event_id
+        return occurred_at.replace(tzinfo=UTC), event_id
+    try:
+        return occurred_at.astimezone(UTC), event_id
+    except OverflowError:  # an offset that moves it out of datetime's range
+        raise BadParam("cursor", "not a cursor from a previous page") from None

@@ -31,7 +31,8 @@ _WIDTH = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minute
 @dataclass(frozen=True, slots=True)
 class Window:
     rollup: list[tuple[str, datetime | None, datetime | None]] = field(default_factory=list)
-    raw: list[tuple[datetime, datetime]] = field(default_factory=list)
+    # hi is None only past the last bucket any grain can hold (the end of year 9999)
+    raw: list[tuple[datetime, datetime | None]] = field(default_factory=list)
 
 
 def floor(moment: datetime, grain: str) -> datetime:
@@ -65,7 +66,7 @@ def plan(lo: datetime | None, hi: datetime | None, grains: Sequence[str]) -> Win
 
 def _split(lo: datetime | None, hi: datetime | None, grains: tuple[str, ...], out: Window) -> None:
     if not grains:
-        assert lo is not None and hi is not None, "the widest grain takes the open ends"
+        assert lo is not None, "the widest grain takes the open start"
         out.raw.append((lo, hi))
         return
     grain, finer = grains[0], grains[1:]

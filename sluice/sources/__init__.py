@@ -10,7 +10,16 @@ Error texts name the field first: "data.user.age: expected int, got str".
 """
 
 from . import facebook, generic, tiktok
-from ._common import BadBody, InvalidEvent, Rejection, SourceSchema, Validated, ValidEvent
+from ._common import (
+    MAX_ID_LENGTH,
+    MAX_TEXT_LENGTH,
+    BadBody,
+    InvalidEvent,
+    Rejection,
+    SourceSchema,
+    Validated,
+    ValidEvent,
+)
 from ._validate import Validator
 
 # The registry: one entry per source.
@@ -25,6 +34,8 @@ parse_event = _validator.parse_event
 
 __all__ = [
     "FUNNEL_SOURCES",
+    "MAX_ID_LENGTH",
+    "MAX_TEXT_LENGTH",
     "SCHEMAS",
     "SOURCE_NAMES",
     "BadBody",

@@ -10,7 +10,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
@@ -64,7 +64,33 @@ class Validated:
 # --- schema building blocks ----------------------------------------------------------
 
 Stage = Literal["top", "bottom"]
-NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
+
+# --- limits: what the store can hold and the reports can add up (README "Limits") ---
+# Identifiers and everything else a btree index or a rollup key holds: 256 characters
+# (at most 1 KiB of UTF-8), so the widest rollup key (city and country together) stays
+# well under PostgreSQL's ~2.7 KB limit on an index entry.
+MAX_ID_LENGTH = 256
+# Other strings the schemas name (names, free text), stored only inside `data` (jsonb).
+MAX_TEXT_LENGTH = 1000
+MAX_INT4 = 2**31 - 1  # PostgreSQL integer
+MAX_INT8 = 2**63 - 1  # PostgreSQL bigint
+# purchaseAmount: numeric with at most 18 significant digits, at most 2 after the point,
+# so sums over any number of rows stay exact in numeric and in Python's Decimal.
+MAX_AMOUNT_DIGITS = 18
+MAX_AMOUNT_PLACES = 2
+# Event timestamps: from the Unix epoch to the end of year 9999 (Python's datetime range;
+# PostgreSQL's timestamptz and the rollups' date_trunc go further), but before
+# datetime.max, which asyncpg writes as PostgreSQL's `infinity`.
+MIN_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+END_TIMESTAMP = datetime.max.replace(tzinfo=UTC)  # exclusive
+TIMESTAMP_RANGE = "out of range (1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999998Z)"
+
+Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
+NonEmptyId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_LENGTH)]
+Int4 = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT4)]
+Int8 = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT8)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
 
 class Data(msgspec.Struct, gc=False):
@@ -76,7 +102,7 @@ class Data(msgspec.Struct, gc=False):
 class EventBase(msgspec.Struct, rename="camel", tag_field="source", gc=False):
     """The common envelope; a source subclasses it with `tag=<source name>`."""
 
-    event_id: NonEmptyStr
+    event_id: NonEmptyId
     timestamp: datetime  # naive means UTC
     funnel_stage: Stage
     event_type: str  # checked against the source's types for the stage
@@ -103,7 +129,7 @@ class RoutedEvent(msgspec.Struct, gc=False):
     """Base of an untagged source's event (no `source` field, no funnel stages): it is
     decoded as that source only when the route or the envelope names the source."""
 
-    event_id: NonEmptyStr
+    event_id: NonEmptyId
     timestamp: datetime  # naive means UTC
     event_type: str
 
@@ -125,6 +151,9 @@ class SourceSchema:
     event_types: Mapping[str, frozenset[str]]  # by funnel stage
     row: Callable[[Any, Any], RowFields]  # (event, decoded engagement or None) -> columns
     revenue_types: frozenset[str] = frozenset()  # event types whose purchaseAmount is revenue
+    # By funnel stage: (engagement) -> whether a typed float may hide a literal msgspec
+    # read as 0 but jsonb refuses (1e-99999); then every number is read as written.
+    may_hide_numbers: Mapping[str, Callable[[Any], bool]] = dataclasses.field(default_factory=dict)
 
     @property
     def tagged(self) -> bool:
@@ -137,9 +166,20 @@ def field_error(field: str, message: str) -> ValueError:
 
 
 def check_amount(amount: Decimal | None) -> None:
-    """purchaseAmount: a finite, non-negative decimal (or null)."""
-    if amount is not None and not (amount.is_finite() and amount >= 0):
+    """purchaseAmount: a non-negative decimal of at most 18 digits, 2 after the point
+    (or null). "1e3" reads as 1E+3 (a positive exponent), so it is refused too."""
+    if amount is None:
+        return
+    if not amount.is_finite() or amount < 0:
         raise field_error("purchaseAmount", "invalid decimal")
+    _, digits, exponent = amount.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    if exponent > 0 or exponent < -MAX_AMOUNT_PLACES:
+        raise field_error(
+            "purchaseAmount", f"expected at most {MAX_AMOUNT_PLACES} decimal places, no exponent"
+        )
+    if len(digits) > MAX_AMOUNT_DIGITS:
+        raise field_error("purchaseAmount", f"expected at most {MAX_AMOUNT_DIGITS} digits")
 
 
 # --- error wording -------------------------------------------------------------------
@@ -155,6 +195,8 @@ _PLAIN = {
     "Expected `str` of length >= 1": "must be a non-empty string",
     "Number out of range": "number out of range",
 }
+_LENGTH = re.compile(r"^Expected `str` of length <= (\d+)$")
+_BOUND = re.compile(r"^Expected `(?:int|float)` (>=|<=) (\S+)$")
 
 # Allowed values of each Literal field, by dotted path; None where sources disagree.
 EnumPaths = Mapping[str, tuple[str, ...] | None]
@@ -184,6 +226,11 @@ def describe(path: str, message: str, enums: EnumPaths) -> str:
         reason = f"expected {expected.group(1)}, got {expected.group(2)}"
     elif message in _PLAIN:
         reason = _PLAIN[message]
+    elif length := _LENGTH.match(message):
+        reason = f"longer than {length.group(1)} characters"
+    elif bound := _BOUND.match(message):
+        side = "at least" if bound.group(1) == ">=" else "at most"
+        reason = f"out of range (must be {side} {bound.group(2)})"
     elif enum := _ENUM.match(message):
         allowed = enums.get(path)
         got = enum.group(1)

@@ -5,7 +5,9 @@ slice is decoded into its source's Struct by a cached Decoder, so an error belon
 event and `ValidEvent.raw` is the publisher's own bytes.
 """
 
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +16,9 @@ import msgspec
 from sluice.ports import EventRow
 
 from ._common import (
+    END_TIMESTAMP,
+    MIN_TIMESTAMP,
+    TIMESTAMP_RANGE,
     BadBody,
     EnumPaths,
     EventBase,
@@ -29,9 +34,23 @@ from ._common import (
     merge_enum_paths,
     split_error,
 )
+from ._strict import strict_twin
 
 _JSON_SPACE = b" \t\n\r"
 _NUL = b"\\u0000"  # PostgreSQL's jsonb cannot store U+0000
+# Numbers anywhere in an event (unknown fields and metadata too) must be what jsonb can
+# hold (at most 131,072 digits before the point and 16,383 after) and a JSON reader can
+# read back: at most 4,000 characters; with a fraction or exponent, finite as a double
+# and an exponent within +-999. Typed fields are checked by msgspec as they are decoded;
+# other values only when `_check` says msgspec did not read them all (unknown fields), or
+# when the event is long enough to hold a longer number.
+MAX_NUMBER_LENGTH = 4000
+_LONG_DIGITS = re.compile(rb"(?<![eE\d])(?<![eE][+-])\d{%d,}" % MAX_NUMBER_LENGTH)
+MAX_EXPONENT = 999
+_INT_BOUND = 10**MAX_NUMBER_LENGTH  # integers of at most MAX_NUMBER_LENGTH digits
+# msgspec counts the caller's Python frames against its nesting limit, so an event the
+# webhook's body split could read may be too deep for a decode from a deeper stack.
+_TOO_DEEP = "event: nested too deeply"
 _JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean"}
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _raw_one = msgspec.json.Decoder(msgspec.Raw)
@@ -55,10 +74,22 @@ class _Plan:
 
     def __init__(self, schema: SourceSchema) -> None:
         self.schema = schema
-        self.engagement: dict[str, tuple[msgspec.json.Decoder[Any], EnumPaths]] = {
-            stage: (msgspec.json.Decoder(struct), enum_paths(struct, "data.engagement"))
+        # per stage: strict decoder, decoder keeping unknown fields, enum paths, and the
+        # schema's `may_hide_numbers` hook (None: none)
+        self.engagement: dict[
+            str, tuple[_Decoder, _Decoder, EnumPaths, Callable[[Any], bool] | None]
+        ] = {
+            stage: (
+                msgspec.json.Decoder(strict_twin(struct)),
+                msgspec.json.Decoder(struct),
+                enum_paths(struct, "data.engagement"),
+                schema.may_hide_numbers.get(stage),
+            )
             for stage, struct in schema.engagement.items()
         }
+
+
+_Decoder = msgspec.json.Decoder[Any]
 
 
 class Validator:
@@ -70,18 +101,26 @@ class Validator:
             raise ValueError("at least one tagged source schema is needed")
         self.source_names: tuple[str, ...] = tuple(s.name for s in schemas)
         self.tagged_names: tuple[str, ...] = tuple(s.name for s in tagged)
-        self._plans = {s.event: _Plan(s) for s in schemas}
+        self._plans: dict[type[msgspec.Struct], _Plan] = {}
+        for s in schemas:
+            self._plans[s.event] = self._plans[strict_twin(s.event)] = _Plan(s)
         self._by_name = {s.name: s for s in schemas}
-        union: Any = tagged[0].event
-        for s in tagged[1:]:
-            union = union | s.event
         # A union finds the `source` tag before anything else, so a bad source is
         # reported as such (a lone tagged Struct would not even require the tag).
-        self._decoder: msgspec.json.Decoder[EventBase] = msgspec.json.Decoder(union)
+        self._strict: _Decoder = msgspec.json.Decoder(
+            _union([strict_twin(s.event) for s in tagged])
+        )
+        self._decoder: _Decoder = msgspec.json.Decoder(_union([s.event for s in tagged]))
         self._enums = merge_enum_paths(*(enum_paths(s.event) for s in tagged))
         # Untagged sources: decoded as such only when the route (or `source`) names them.
-        self._routed: dict[str, tuple[msgspec.json.Decoder[RoutedEvent], EnumPaths]] = {
-            s.name: (msgspec.json.Decoder(s.event), enum_paths(s.event))
+        # Their free-form values (generic `metadata`) are read by msgspec, floats through
+        # `_checked_float`.
+        self._routed: dict[str, tuple[_Decoder, _Decoder, EnumPaths]] = {
+            s.name: (
+                msgspec.json.Decoder(strict_twin(s.event), float_hook=_checked_float),
+                msgspec.json.Decoder(s.event, float_hook=_checked_float),
+                enum_paths(s.event),
+            )
             for s in schemas
             if not s.tagged
         }
@@ -121,14 +160,17 @@ class Validator:
         check = self._check
         for index, raw in enumerate(items):
             try:
-                event, schema, _ = check(raw, route_source, " (from the URL)")
+                event, schema, _, unread = check(raw, route_source, " (from the URL)")
                 data = bytes(raw)
-                if has_nul and _NUL in data:
-                    _raise_if_nul(data)
+                if unread or (has_nul and _NUL in data) or len(data) > MAX_NUMBER_LENGTH:
+                    _raise_if_unstorable(data)
             except InvalidEvent as exc:
                 rejected.append(
                     Rejection(index, _event_id(raw), exc.error, self._known_source(raw))
                 )
+                continue
+            except RecursionError:  # see _TOO_DEEP; probing it would recurse as deep
+                rejected.append(Rejection(index, None, _TOO_DEEP))
                 continue
             event_id = event.event_id
             if event_id in seen:
@@ -157,9 +199,12 @@ class Validator:
             text = raw.decode()
         except UnicodeDecodeError as exc:
             raise InvalidEvent(f"event: not valid UTF-8 (byte {exc.start})") from None
-        event, schema, engagement = self._check(raw, source, "")
-        if _NUL in raw:
-            _raise_if_nul(raw)
+        try:
+            event, schema, engagement, unread = self._check(raw, source, "")
+            if unread or _NUL in raw or len(raw) > MAX_NUMBER_LENGTH:
+                _raise_if_unstorable(raw)
+        except RecursionError:
+            raise InvalidEvent(_TOO_DEEP) from None
         fields = schema.row(event, engagement)
         amount = fields.purchase_amount
         # Positional, in EventRow's field order: keywords cost ~1 us more per event, and
@@ -189,18 +234,27 @@ class Validator:
 
     def _check(
         self, raw: bytes | msgspec.Raw, route: str | None, origin: str
-    ) -> tuple[EventBase | RoutedEvent, SourceSchema, msgspec.Struct | None]:
-        """Decode and check one event; raise InvalidEvent naming the first bad field."""
+    ) -> tuple[EventBase | RoutedEvent, SourceSchema, msgspec.Struct | None, bool]:
+        """Decode and check one event; raise InvalidEvent naming the first bad field.
+
+        Returns the event, its schema, its decoded engagement (None for an untagged
+        source) and whether it holds values msgspec skipped (unknown fields).
+        """
         if route is not None and route in self._routed:
             return self._check_routed(raw, route)
+        unread = False
         try:
-            event = self._decoder.decode(raw)
-        except msgspec.ValidationError as exc:
-            if route is None and self._routed:
-                source = _source(raw)
-                if isinstance(source, str) and source in self._routed:
-                    return self._check_routed(raw, source)
-            raise InvalidEvent(self._event_error(raw, exc, route, origin)) from None
+            event = self._strict.decode(raw)
+        except msgspec.ValidationError:
+            unread = True  # an unknown field, or an error the next decode names
+            try:
+                event = self._decoder.decode(raw)
+            except msgspec.ValidationError as exc:
+                if route is None and self._routed:
+                    source = _source(raw)
+                    if isinstance(source, str) and source in self._routed:
+                        return self._check_routed(raw, source)
+                raise InvalidEvent(self._event_error(raw, exc, route, origin)) from None
         plan = self._plans[type(event)]
         schema = plan.schema
         if route is not None and schema.name != route:
@@ -210,24 +264,38 @@ class Validator:
             raise InvalidEvent(
                 f"eventType: {event.event_type!r} is not a {stage} event type for {schema.name}"
             )
-        decoder, enums = plan.engagement[stage]
+        strict, decoder, enums, may_hide_numbers = plan.engagement[stage]
         try:
-            engagement = decoder.decode(event.data.engagement)
-        except msgspec.ValidationError as exc:
-            raise InvalidEvent(describe(*split_error(exc, "data.engagement"), enums)) from None
+            engagement = strict.decode(event.data.engagement)
+        except msgspec.ValidationError:
+            unread = True
+            try:
+                engagement = decoder.decode(event.data.engagement)
+            except msgspec.ValidationError as exc:
+                error = describe(*split_error(exc, "data.engagement"), enums)
+                raise InvalidEvent(error) from None
         _check_timestamp(event.timestamp)
-        return event, schema, engagement
+        if may_hide_numbers is not None and not unread:
+            unread = may_hide_numbers(engagement)
+        return event, schema, engagement, unread
 
     def _check_routed(
         self, raw: bytes | msgspec.Raw, name: str
-    ) -> tuple[RoutedEvent, SourceSchema, None]:
-        decoder, enums = self._routed[name]
+    ) -> tuple[RoutedEvent, SourceSchema, None, bool]:
+        strict, decoder, enums = self._routed[name]
+        unread = False
         try:
-            event = decoder.decode(raw)
-        except msgspec.ValidationError as exc:
-            raise InvalidEvent(describe(*split_error(exc), enums)) from None
+            event = strict.decode(raw)
+        except msgspec.ValidationError:
+            unread = True
+            try:
+                event = decoder.decode(raw)
+            except msgspec.ValidationError as exc:
+                if "[...]" in str(exc):  # inside a free-form object: name the key itself
+                    _raise_if_unstorable(bytes(raw))
+                raise InvalidEvent(describe(*split_error(exc), enums)) from None
         _check_timestamp(event.timestamp)
-        return event, self._by_name[name], None
+        return event, self._by_name[name], None, unread
 
     def _event_error(
         self, raw: bytes | msgspec.Raw, exc: msgspec.ValidationError, route: str | None, origin: str
@@ -271,6 +339,8 @@ def _split_body(body: bytes) -> list[msgspec.Raw]:
         value = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise BadBody(_malformed(exc)) from None
+    except RecursionError:  # msgspec's own depth limit, not Python's stack
+        raise BadBody("malformed JSON: nested too deeply") from None
     kind = "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
     raise BadBody(f"body must be a JSON object or array of objects, got {kind}")
 
@@ -306,39 +376,119 @@ def _source(raw: bytes | msgspec.Raw) -> Any:
 
 
 def _check_timestamp(timestamp: datetime) -> None:
-    if timestamp.year in (1, 9999):  # the only years where moving to UTC can overflow
-        try:
-            _utc(timestamp)
-        except OverflowError:
-            raise InvalidEvent("timestamp: out of range") from None
+    if 1970 < timestamp.year < 9999:  # the common case, whatever the offset
+        return
+    try:
+        if MIN_TIMESTAMP <= _utc(timestamp) < END_TIMESTAMP:
+            return
+    except OverflowError:  # past the end of year 9999 once moved to UTC
+        pass
+    raise InvalidEvent(f"timestamp: {TIMESTAMP_RANGE}")
 
 
-def _raise_if_nul(data: bytes) -> None:
-    """Raise InvalidEvent naming the first string (or key) that holds U+0000.
+def _union(members: Sequence[type[msgspec.Struct]]) -> Any:
+    union: Any = members[0]
+    for member in members[1:]:
+        union = union | member
+    return union
 
-    Called only when the text `\\u0000` occurs, which may also be an escaped backslash.
+
+class _BadNumber:
+    """What `_scan_decoder` makes of a number literal that cannot be stored."""
+
+    __slots__ = ()
+
+
+_BAD_NUMBER = _BadNumber()
+
+
+def _read_float(text: str) -> float | _BadNumber:
+    exponent = text.lower().partition("e")[2]
+    try:
+        value = float(text)
+        if (
+            len(text) > MAX_NUMBER_LENGTH
+            or (exponent and abs(int(exponent)) > MAX_EXPONENT)
+            or not math.isfinite(value)
+        ):
+            return _BAD_NUMBER
+    except ValueError:  # an exponent past int()'s digit limit
+        return _BAD_NUMBER
+    return value
+
+
+_scan_decoder = msgspec.json.Decoder(Any, float_hook=_read_float)
+
+
+def _checked_float(text: str) -> float:
+    """float_hook for free-form values: msgspec reports the ValueError at the value."""
+    value = _read_float(text)
+    if isinstance(value, _BadNumber):
+        raise ValueError(_NUMBER_REASON)
+    return value
+
+
+def _raise_if_unstorable(data: bytes) -> None:
+    """Raise InvalidEvent naming the first string (or key) holding U+0000, or the first
+    number PostgreSQL or a JSON reader cannot hold.
+
+    Called only when one may be there: the event holds values msgspec skipped (unknown
+    fields), holds the text `\\u0000` (which may also be an escaped backslash), or is
+    long enough for a number longer than MAX_NUMBER_LENGTH.
     """
-    path = _find_nul(msgspec.json.decode(data), "")
-    if path is not None:
-        raise InvalidEvent(f"{path or 'event'}: contains U+0000, which cannot be stored")
+    try:
+        value = _scan_decoder.decode(data)
+    except msgspec.ValidationError as exc:  # an integer of thousands of digits
+        # msgspec names object keys `[...]`: decode again with such digit runs made an
+        # out-of-range float, which the walk below names by key (text is not kept).
+        try:
+            value = _scan_decoder.decode(_LONG_DIGITS.sub(b"1e999", data))
+        except msgspec.DecodeError:  # e.g. the run was an exponent
+            path, _ = split_error(exc)
+            raise InvalidEvent(f"{path or 'event'}: number out of range") from None
+    found = _find_unstorable(value)
+    if found is not None:
+        path, reason = found
+        if len(path) > _MAX_PATH:  # keys of unknown fields can be any length
+            path = path[: _MAX_PATH - 3] + "..."
+        raise InvalidEvent(f"{path or 'event'}: {reason}")
 
 
-def _find_nul(value: object, path: str) -> str | None:
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            here = join_path(path, str(key))
-            if "\x00" in key:
-                return here
-            found = _find_nul(item, here)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = _find_nul(item, f"{path}[{i}]")
-            if found is not None:
-                return found
+_MAX_PATH = 1000
+
+
+_NUL_REASON = "contains U+0000, which cannot be stored"
+_NUMBER_REASON = "number out of range"
+
+
+def _find_unstorable(document: object) -> tuple[str, str] | None:
+    """The path and reason of the first value (in document order) that cannot be stored.
+
+    Iterative: values may nest as deep as msgspec allows (~1,000 levels), more than
+    Python's recursion limit leaves to a request handler.
+    """
+    stack: list[tuple[str, object]] = [("", document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return path, _NUL_REASON
+        elif value is _BAD_NUMBER:
+            return path, _NUMBER_REASON
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not -_INT_BOUND < value < _INT_BOUND:
+                return path, _NUMBER_REASON
+        elif isinstance(value, dict):
+            children = []
+            for key, item in value.items():
+                here = join_path(path, str(key))
+                if "\x00" in key:
+                    children.append((here, key))  # reported as the key's own path
+                else:
+                    children.append((here, item))
+            stack.extend(reversed(children))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
     return None
 
 

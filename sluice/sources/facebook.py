@@ -5,31 +5,31 @@ from typing import Literal
 
 import msgspec
 
-from ._common import Data, EventBase, RowFields, SourceSchema, check_amount
+from ._common import Data, EventBase, Id, Int4, RowFields, SourceSchema, Text, check_amount
 
 
 class Location(msgspec.Struct, gc=False):
-    country: str
-    city: str
+    country: Id
+    city: Id
 
 
 class User(msgspec.Struct, rename="camel", gc=False):
-    user_id: str
-    name: str
-    age: int
+    user_id: Id
+    name: Text
+    age: Int4
     gender: Literal["male", "female", "non-binary"]
     location: Location
 
 
 class TopEngagement(msgspec.Struct, rename="camel", gc=False):
-    action_time: str
+    action_time: Text
     referrer: Literal["newsfeed", "marketplace", "groups"]
-    video_id: str | None
+    video_id: Id | None
 
 
 class BottomEngagement(msgspec.Struct, rename="camel", gc=False):
-    ad_id: str
-    campaign_id: str
+    ad_id: Id
+    campaign_id: Id
     click_position: Literal["top_left", "bottom_right", "center"]
     device: Literal["mobile", "desktop"]
     browser: Literal["Chrome", "Firefox", "Safari"]

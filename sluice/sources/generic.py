@@ -10,14 +10,14 @@ from typing import Any
 
 import msgspec
 
-from ._common import NonEmptyStr, RoutedEvent, RowFields, SourceSchema
+from ._common import NonEmptyId, RoutedEvent, RowFields, SourceSchema
 
 
 class GenericEvent(RoutedEvent, gc=False):
-    account_id: NonEmptyStr
-    user_id: NonEmptyStr
+    account_id: NonEmptyId
+    user_id: NonEmptyId
     metadata: dict[str, Any]
-    event_type: NonEmptyStr = msgspec.field(name="type")
+    event_type: NonEmptyId = msgspec.field(name="type")
 
 
 def _row(event: GenericEvent, engagement: None) -> RowFields:

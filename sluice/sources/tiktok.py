@@ -5,27 +5,37 @@ from typing import Literal
 
 import msgspec
 
-from ._common import Data, EventBase, RowFields, SourceSchema, check_amount
+from ._common import (
+    Data,
+    EventBase,
+    Id,
+    Int8,
+    NonNegative,
+    RowFields,
+    SourceSchema,
+    Text,
+    check_amount,
+)
 
 
 class User(msgspec.Struct, rename="camel", gc=False):
-    user_id: str
-    username: str
-    followers: int
+    user_id: Id
+    username: Text
+    followers: Int8
 
 
 class TopEngagement(msgspec.Struct, rename="camel", gc=False):
-    watch_time: float
-    percentage_watched: float
+    watch_time: NonNegative
+    percentage_watched: NonNegative
     device: Literal["Android", "iOS", "Desktop"]
-    country: str
-    video_id: str
+    country: Id
+    video_id: Id
 
 
 class BottomEngagement(msgspec.Struct, rename="camel", gc=False):
-    action_time: str
-    profile_id: str | None
-    purchased_item: str | None
+    action_time: Text
+    profile_id: Id | None
+    purchased_item: Text | None
     purchase_amount: Decimal | None
 
     def __post_init__(self) -> None:
@@ -55,6 +65,11 @@ def _row(event: TiktokEvent, engagement: TopEngagement | BottomEngagement) -> Ro
     return RowFields(user.user_id, None, None, engagement.purchase_amount, followers=user.followers)
 
 
+def _zero_float(engagement: TopEngagement) -> bool:
+    # msgspec reads 1e-99999 as 0.0; jsonb refuses it: read a zero as written.
+    return engagement.watch_time == 0 or engagement.percentage_watched == 0
+
+
 SCHEMA = SourceSchema(
     name="tiktok",
     event=TiktokEvent,
@@ -65,4 +80,5 @@ SCHEMA = SourceSchema(
     },
     row=_row,
     revenue_types=frozenset({"purchase"}),
+    may_hide_numbers={"top": _zero_float},
 )

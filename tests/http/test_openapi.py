@@ -64,6 +64,7 @@ def schema_validator(doc: dict[str, Any], schema: dict[str, Any]) -> Draft202012
 async def test_the_document_is_valid_openapi_and_covers_every_route() -> None:
     doc = await document(full_app())
     validate(doc)
+    assert "docs/events.md" in doc["info"]["description"]  # the event contract
     paths = doc["paths"]
     for path in ("/webhook", "/events", "/webhook/{source}"):
         assert "post" in paths[path], path

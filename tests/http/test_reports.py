@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -116,6 +118,13 @@ async def get(app: Quart, path: str, **params: str) -> tuple[int, Any]:
 
 # --- bad parameters --------------------------------------------------------------------
 
+
+def _cursor(value: Any) -> str:
+    """A cursor as `encode_cursor` shapes them, around any JSON (or text) at all."""
+    raw = value.encode() if isinstance(value, str) else json.dumps(value).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 BAD = [
     ("/reports/events", {"from": "yesterday"}, "from"),
     ("/reports/events", {"to": "2025-13-01"}, "to"),
@@ -144,6 +153,28 @@ BAD = [
     ("/events", {"source": "myspace"}, "source"),
     ("/events", {"eventType": "a\x00b"}, "eventType"),
     ("/reports/accounts/a%00b/summary", {}, "accountId"),
+    # unknown parameters, on every endpoint (a typo must not widen the range silently)
+    ("/reports/events", {"form": "2025-03-01"}, "form"),
+    ("/reports/revenue", {"campaign": "c1"}, "campaign"),
+    ("/reports/demographics", {"limit": "5"}, "limit"),
+    ("/reports/funnel", {"source": "tiktok", "interval": "day"}, "interval"),
+    ("/reports/countries", {"by": "events"}, "by"),
+    ("/reports/top", {"entity": "users", "sort": "revenue"}, "sort"),
+    ("/reports/accounts/a1/summary", {"source": "generic"}, "source"),
+    ("/events", {"page": "2"}, "page"),
+    # crafted cursors
+    ("/events", {"cursor": _cursor(["2025-03-01T00:00:00Z", "a\u0000b"])}, "cursor"),
+    ("/events", {"cursor": _cursor(["2025-03-01T00:00:00Z", ""])}, "cursor"),
+    ("/events", {"cursor": _cursor(["2025-03-01T00:00:00Z", "x" * 300])}, "cursor"),
+    ("/events", {"cursor": _cursor(["0001-01-01T00:00:00+01:00", "e1"])}, "cursor"),
+    ("/events", {"cursor": _cursor(["9999-12-31T23:59:59-01:00", "e1"])}, "cursor"),
+    ("/events", {"cursor": _cursor(["10000-01-01T00:00:00Z", "e1"])}, "cursor"),
+    ("/events", {"cursor": _cursor(["2025-03-01T00:00:00Z", "e1", 3])}, "cursor"),
+    ("/events", {"cursor": _cursor("[" * 700)}, "cursor"),
+    ("/events", {"cursor": "%%%%"}, "cursor"),
+    ("/events", {"cursor": "é"}, "cursor"),
+    ("/events", {"cursor": "x" * 2049}, "cursor"),
+    ("/events", {"cursor": ""}, "cursor"),
 ]
 
 

@@ -61,9 +61,23 @@ def test_the_last_representable_day_has_no_ceiling() -> None:
     assert window.rollup == [("h", last, None)]
 
 
+def test_from_in_the_last_minute_of_9999_reads_raw_events_to_the_end() -> None:
+    lo = datetime(9999, 12, 31, 23, 59, 30, tzinfo=UTC)
+    for grains in ("dhm", "dh", "m"):
+        window = plan(lo, None, tuple(grains))
+        assert window.rollup == []
+        assert window.raw == [(lo, None)]  # None: open, past the last representable instant
+
+
+# Near both ends of datetime's range, and in ordinary years.
+edges = st.datetimes(
+    min_value=datetime(9999, 12, 30), max_value=datetime.max, timezones=st.just(UTC)
+) | st.datetimes(max_value=datetime(1, 1, 3), timezones=st.just(UTC))
+
+
 @given(
-    lo=st.none() | instants,
-    hi=st.none() | instants,
+    lo=st.none() | instants | edges,
+    hi=st.none() | instants | edges,
     grains=st.sampled_from(["dhm", "dh", "hm", "m"]),
 )
 def test_parts_tile_the_range_exactly(

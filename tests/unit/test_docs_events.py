@@ -156,12 +156,35 @@ def test_the_doc_and_the_readme_list_the_same_webhook_answers() -> None:
 # What the Limits table says today, probed against the validator: when a limit changes,
 # this fails until the table in docs/events.md says the new limit (then update the probe).
 LIMIT_PROBES = [
-    ("a 5,000-character userId: no length limit", ("data", "user", "userId"), "u" * 5000, True),
-    ("age 2**40: no range check", ("data", "user", "age"), 2**40, True),
+    ("a 256-character userId: at most 256", ("data", "user", "userId"), "u" * 256, True),
+    ("a 257-character userId: at most 256", ("data", "user", "userId"), "u" * 257, False),
+    ("a 1,001-character name: at most 1,000", ("data", "user", "name"), "n" * 1001, False),
+    ("age 2**31 - 1: PostgreSQL integer", ("data", "user", "age"), 2**31 - 1, True),
+    ("age 2**31: PostgreSQL integer", ("data", "user", "age"), 2**31, False),
     ("age 31.0: a JSON integer only", ("data", "user", "age"), 31.0, False),
     ("purchaseAmount -1: >= 0", ("data", "engagement", "purchaseAmount"), "-1", False),
     ("purchaseAmount NaN: finite", ("data", "engagement", "purchaseAmount"), "NaN", False),
-    ("timestamp in year 1: years 0001-9999", ("timestamp",), "0001-01-01T00:00:00Z", True),
+    ("purchaseAmount 1.234: 2 places", ("data", "engagement", "purchaseAmount"), "1.234", False),
+    (
+        "purchaseAmount 1e1200: no exponent",
+        ("data", "engagement", "purchaseAmount"),
+        "1e1200",
+        False,
+    ),
+    (
+        "purchaseAmount of 18 digits",
+        ("data", "engagement", "purchaseAmount"),
+        "9999999999999999.99",
+        True,
+    ),
+    (
+        "purchaseAmount of 19 digits",
+        ("data", "engagement", "purchaseAmount"),
+        "99999999999999999.99",
+        False,
+    ),
+    ("timestamp in 1970", ("timestamp",), "1970-01-01T00:00:00Z", True),
+    ("timestamp in 1969", ("timestamp",), "1969-12-31T23:59:59Z", False),
     ("timestamp with offset past year 9999", ("timestamp",), "9999-12-31T23:00:00-02:00", False),
 ]
 

@@ -18,7 +18,7 @@ WITH parts AS (
            CASE WHEN a.dimension = 'followers' THEN e.followers END
     FROM unnest($4::timestamptz[], $5::timestamptz[]) AS w (lo, hi)
     CROSS JOIN LATERAL (  -- per edge: an index range scan on occurred_at
-        SELECT * FROM events x WHERE x.occurred_at >= w.lo AND x.occurred_at < w.hi
+        SELECT * FROM events x WHERE x.occurred_at >= w.lo AND x.occurred_at < coalesce(w.hi, 'infinity')
         OFFSET 0
     ) e
     CROSS JOIN LATERAL sluice_audience(sluice_age_range(e.age), e.gender, e.country, e.city,

@@ -21,7 +21,7 @@ WITH parts AS (
            (e.revenue IS NOT NULL)::int
     FROM unnest($4::timestamptz[], $5::timestamptz[]) AS w (lo, hi)
     CROSS JOIN LATERAL (  -- per edge: an index range scan on occurred_at
-        SELECT * FROM events x WHERE x.occurred_at >= w.lo AND x.occurred_at < w.hi
+        SELECT * FROM events x WHERE x.occurred_at >= w.lo AND x.occurred_at < coalesce(w.hi, 'infinity')
         OFFSET 0
     ) e
     WHERE e.source = ANY($6::text[])

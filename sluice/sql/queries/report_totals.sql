@@ -1,7 +1,7 @@
 -- Event counts and revenue in a report's scope: whole buckets from rollup_events, the
 -- edges no bucket covers from raw events (see sluice/reports/_window.py).
 --   $1 text[] grains, $2 timestamptz[] bucket lows, $3 timestamptz[] highs (NULL: open)
---   $4 timestamptz[] raw lows, $5 timestamptz[] raw highs
+--   $4 timestamptz[] raw lows, $5 timestamptz[] raw highs (NULL: open, past the last minute of 9999)
 --   $6 text[] sources, $7 funnel stage or NULL, $8 event type or NULL
 -- One row per (source, funnel_stage, event_type, country).
 WITH parts AS (
@@ -22,7 +22,7 @@ WITH parts AS (
            1, coalesce(e.revenue, 0), (e.revenue IS NOT NULL)::int
     FROM unnest($4::timestamptz[], $5::timestamptz[]) AS w (lo, hi)
     CROSS JOIN LATERAL (  -- per edge: an index range scan on occurred_at
-        SELECT * FROM events x WHERE x.occurred_at >= w.lo AND x.occurred_at < w.hi
+        SELECT * FROM events x WHERE x.occurred_at >= w.lo AND x.occurred_at < coalesce(w.hi, 'infinity')
         OFFSET 0
     ) e
     WHERE e.source = ANY($6::text[])
