@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from sluice.edges.store import SERVER_SETTINGS, _mapped
+from sluice.edges.store import SERVER_SETTINGS, map_errors
 from sluice.reports import (
     GRAINS,
     INTERVAL_GRAIN,
@@ -81,7 +81,7 @@ class PgReportStore:
         Raises StoreUnavailable when the server cannot be reached.
         """
         settings = {**SERVER_SETTINGS, "statement_timeout": str(STATEMENT_TIMEOUT_MS)}
-        with _mapped():
+        with map_errors():
             pool = await asyncpg.create_pool(
                 url, min_size=min_size, max_size=max_size, server_settings=settings
             )
@@ -92,7 +92,7 @@ class PgReportStore:
 
     @contextlib.asynccontextmanager
     async def _snapshot(self) -> AsyncIterator[Any]:
-        with _mapped():
+        with map_errors():
             async with (
                 self._pool.acquire() as conn,
                 conn.transaction(isolation="repeatable_read", readonly=True),
@@ -226,7 +226,7 @@ class PgReportStore:
         return first, last
 
     async def event(self, event_id: str) -> bytes | None:
-        with _mapped():
+        with map_errors():
             async with self._pool.acquire() as conn:
                 text = await conn.fetchval(query("event_get"), event_id)
         return None if text is None else text.encode()
@@ -242,7 +242,7 @@ class PgReportStore:
         limit: int,
     ) -> list[StoredEvent]:
         cursor_at, cursor_id = after if after is not None else (None, None)
-        with _mapped():
+        with map_errors():
             async with self._pool.acquire() as conn:
                 rows = await conn.fetch(
                     query("event_page"),

@@ -334,7 +334,6 @@ def map_errors(
         raise RowsRejected(reason, tuple(rows)) from exc
 
 
-_mapped = map_errors  # the name sluice/edges/reports.py imports
 
 
 def _letter_args(letters: Sequence[DeadLetter]) -> tuple[list[Any], ...]:
