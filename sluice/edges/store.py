@@ -334,8 +334,6 @@ def map_errors(
         raise RowsRejected(reason, tuple(rows)) from exc
 
 
-
-
 def _letter_args(letters: Sequence[DeadLetter]) -> tuple[list[Any], ...]:
     def text(value: str | None) -> str | None:  # text cannot hold NUL; never lose a letter
         return None if value is None else value.replace("\x00", "\ufffd")
