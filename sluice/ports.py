@@ -216,6 +216,28 @@ class MaxDeliveries(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """What an API key may do (never the key itself, nor its hash)."""
+
+    id: int
+    name: str
+    scopes: frozenset[str]  # of ingest, report, admin
+    sources: frozenset[str] | None  # None: every source
+
+
+class KeyStore(Protocol):
+    """Where API keys are kept, by the keyed hash of the key (PostgreSQL)."""
+
+    async def use(self, key_hash: bytes) -> ApiKey | None:
+        """The live (unrevoked) key with this hash, noting it as used now; None when
+        there is none.
+
+        Raises `StoreUnavailable` when the store cannot answer right now.
+        """
+        ...
+
+
 class LogUnavailable(Exception):
     """The event log (NATS) cannot take or give messages right now."""
 

@@ -10,13 +10,16 @@ from decimal import Decimal
 
 import anyio
 
+from sluice.auth import hash_key, new_key
 from sluice.edges.store import map_errors
 from sluice.ports import (
+    ApiKey,
     DeadLetter,
     EventRow,
     LogUnavailable,
     PublishAck,
     RowsRejected,
+    StoreUnavailable,
 )
 
 
@@ -320,3 +323,38 @@ class RedeliveringSubscription:
 
     async def close(self) -> None:
         self.closed = True
+
+
+@dataclass
+class FakeKeyStore:
+    """An in-memory KeyStore, by keyed hash as PgKeyStore keeps them. `down` makes a
+    lookup raise StoreUnavailable (as PgKeyStore does for any database error); `lookups`
+    counts the lookups that reached it."""
+
+    secret: bytes = b"test-secret"
+    keys: dict[bytes, ApiKey] = field(default_factory=dict)
+    revoked: set[bytes] = field(default_factory=set)
+    down: bool = False
+    lookups: int = 0
+
+    def add(self, *scopes: str, sources: set[str] | None = None) -> str:
+        """A new key with these scopes (and sources); returns the key itself."""
+        key = new_key()
+        api_key = ApiKey(
+            len(self.keys) + 1,
+            f"key-{len(self.keys) + 1}",
+            frozenset(scopes),
+            None if sources is None else frozenset(sources),
+        )
+        self.keys[hash_key(self.secret, key)] = api_key
+        return key
+
+    def revoke(self, key: str) -> None:
+        self.revoked.add(hash_key(self.secret, key))
+
+    async def use(self, key_hash: bytes) -> ApiKey | None:
+        self.lookups += 1
+        await anyio.lowlevel.checkpoint()
+        if self.down:
+            raise StoreUnavailable("ConnectionRefusedError: connection refused")
+        return None if key_hash in self.revoked else self.keys.get(key_hash)

@@ -191,6 +191,17 @@ class Settings:
     flush_interval: float = _env("SLUICE_FLUSH_INTERVAL", _positive_float, 0.1)
     channel_capacity: int = _env("SLUICE_CHANNEL_CAPACITY", _positive_int, 64)
 
+    # API keys (README "Security"): optional serves requests without a key (a key that
+    # is sent must be valid); required refuses them (401) but on /health/*, /metrics,
+    # /docs, /openapi.json and /. The profiles staging and prod require them.
+    auth: str = _env("SLUICE_AUTH", _choice("optional", "required"), "optional")
+    # The secret keys are hashed with (else <SLUICE_DATA_DIR>/key.secret, made once):
+    # every process of a deployment must share it.
+    key_secret: str | None = _env("SLUICE_KEY_SECRET", _text, None, secret=True)
+    # Verified keys are cached this long per process: a revocation takes effect within it.
+    key_cache_ttl: float = _env("SLUICE_KEY_CACHE_TTL", _positive_float, 30.0)
+    metrics_auth: bool = _env("SLUICE_METRICS_AUTH", _flag, False)  # /metrics: scope admin
+
     drain_timeout: float = _env("SLUICE_DRAIN_TIMEOUT", _positive_float, 30.0)
     metrics_interval: float = _env("SLUICE_METRICS_INTERVAL", _positive_float, 5.0)
 
@@ -207,7 +218,7 @@ class Settings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.metadata["secret"] and value is not None:
-                value = _mask_url(str(value))
+                value = _mask_url(str(value)) if "://" in str(value) else "***"
             if isinstance(value, tuple):
                 value = ",".join(value)
             shown[f.metadata["env"]] = "" if value is None else str(value)

@@ -206,3 +206,14 @@ async def test_readiness_errors_never_carry_a_password() -> None:
     ok, checks = await health.readiness()
     assert not ok and "s3cret" not in str(checks["postgres"]["error"])
     assert "app:***@db" in str(checks["postgres"]["error"])
+
+
+def test_the_key_secret_is_masked_and_profiles_say_where_keys_are_required() -> None:
+    masked = load_settings({"SLUICE_KEY_SECRET": "hunter2-secret"}).masked()
+    assert masked["SLUICE_KEY_SECRET"] == "***"
+    assert load_settings({}).auth == "optional"
+    assert load_settings({"SLUICE_ENV": "staging"}).auth == "required"
+    assert load_settings({"SLUICE_ENV": "prod"}).auth == "required"
+    assert load_settings({"SLUICE_ENV": "prod", "SLUICE_AUTH": "optional"}).auth == "optional"
+    with pytest.raises(ConfigError, match="SLUICE_AUTH='maybe': must be one of optional, required"):
+        load_settings({"SLUICE_AUTH": "maybe"})
