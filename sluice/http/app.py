@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from quart import Quart, Response, g, request
 
+from sluice.auth import Authenticator
 from sluice.config import Settings
+from sluice.http.access import install_access
 from sluice.http.dashboard import dashboard_routes
 from sluice.http.docs import install_docs
 from sluice.http.errors import install_error_handlers
@@ -32,6 +34,7 @@ class HttpDeps:
     health: Health
     event_log: EventLog | None = None  # None: this process takes no events (reports role)
     reports: ReportStore | None = None  # None: this process serves no reports
+    auth: Authenticator | None = None  # None: no API keys checked at all
 
 
 def create_app(deps: HttpDeps) -> Quart:
@@ -40,6 +43,8 @@ def create_app(deps: HttpDeps) -> Quart:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     app.extensions["sluice.health"] = deps.health
     app.extensions["sluice.metrics"] = deps.metrics
+    if deps.auth is not None:
+        app.extensions["sluice.auth"] = deps.auth
     if deps.event_log is not None:
         # Served by sluice.http.front.WebhookFront, in front of this app.
         app.extensions["sluice.ingest"] = Ingest(deps.event_log, deps.settings, deps.metrics)
@@ -60,6 +65,9 @@ def create_app(deps: HttpDeps) -> Quart:
     async def start_request() -> None:
         g.started = time.perf_counter()
         g.correlation_id = correlation_id_from(request.headers.get(CORRELATION_HEADER))
+
+    if deps.auth is not None:  # after start_request: refusals are timed and correlated
+        install_access(app, deps.auth, metrics_auth=deps.settings.metrics_auth)
 
     @app.after_request
     async def finish_request(response: Response) -> Response:

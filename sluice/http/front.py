@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from sluice.http.access import WEBHOOK_SCOPE
 from sluice.http.errors import json_bytes
 from sluice.http.webhook import (
     Answer,
@@ -28,6 +29,7 @@ from sluice.http.webhook import (
 from sluice.sources import SOURCE_NAMES
 
 if TYPE_CHECKING:
+    from sluice.auth import Authenticator
     from sluice.http.asgi import Receive, Scope, Send
     from sluice.http.health import Health
 
@@ -71,13 +73,17 @@ class WebhookFront:
     """An ASGI app: POSTs to the webhook routes are answered here, all else by `app`.
 
     Request latency goes to `http_request_duration_seconds` with the route as its label,
-    as Quart's routes do.
+    as Quart's routes do. With `auth`, the API key is checked (scope ingest) before
+    anything else, the body included, is looked at.
     """
 
-    def __init__(self, app: Any, ingest: Ingest, health: Health) -> None:
+    def __init__(
+        self, app: Any, ingest: Ingest, health: Health, auth: Authenticator | None = None
+    ) -> None:
         self.app = app
         self.ingest = ingest
         self.health = health
+        self.auth = auth
         self._limit = ingest.settings.max_body_bytes
         self._body_timeout = ingest.settings.body_timeout
         self._timers: dict[tuple[str, int], Any] = {}
@@ -119,7 +125,7 @@ class WebhookFront:
         source: str | None,
     ) -> None:
         started = time.perf_counter()
-        content_type = length = cid = None
+        content_type = length = cid = authorization = None
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value.decode("latin-1")
@@ -127,9 +133,22 @@ class WebhookFront:
                 length = value
             elif name == b"x-correlation-id":
                 cid = value.decode("latin-1")
+            elif name == b"authorization":
+                authorization = value.decode("latin-1")
         correlation_id = correlation_id_from(cid)
         try:
-            answer = await self._answer(receive, content_type, length, source, correlation_id)
+            allowed: frozenset[str] | None = None
+            refused: Answer | None = None
+            if self.auth is not None:
+                known = source if source in SOURCE_NAMES else None  # else a 404 follows
+                decision = await self.auth.check(authorization, WEBHOOK_SCOPE, known)
+                if decision.allowed:
+                    allowed = decision.sources
+                else:
+                    refused = Answer(decision.status, {"error": decision.error}, decision.headers)
+            answer = refused or await self._answer(
+                receive, content_type, length, source, correlation_id, allowed
+            )
         except _Disconnected:
             return
         except Exception:
@@ -154,6 +173,7 @@ class WebhookFront:
         length: bytes | None,
         source: str | None,
         correlation_id: str,
+        allowed_sources: frozenset[str] | None,
     ) -> Answer:
         ingest = self.ingest
         arrived = anyio.current_time()
@@ -182,7 +202,11 @@ class WebhookFront:
         # time the client took to send its body.
         deadline = arrived + ingest.settings.publish_timeout + (anyio.current_time() - reading)
         return await ingest.handle(
-            body, route_source=source, correlation_id=correlation_id, deadline=deadline
+            body,
+            route_source=source,
+            correlation_id=correlation_id,
+            deadline=deadline,
+            allowed_sources=allowed_sources,
         )
 
     async def _read_body(self, receive: Receive) -> bytes:
@@ -224,5 +248,5 @@ def front(app: Any) -> Any:
         return app
     ingest, health = extensions.get("sluice.ingest"), extensions.get("sluice.health")
     if isinstance(ingest, Ingest) and health is not None:
-        return WebhookFront(app, ingest, health)
+        return WebhookFront(app, ingest, health, extensions.get("sluice.auth"))
     return app

@@ -163,12 +163,15 @@ class Ingest:
         route_source: str | None,
         correlation_id: str,
         deadline: float | None = None,
+        allowed_sources: frozenset[str] | None = None,
     ) -> Answer:
         """Validate `body`, publish its valid events, and say what happened.
 
         The caller has checked draining (`refusal`), the content type and the size.
         `deadline` (anyio clock; default: the publish timeout from now): when the
         answer is due at the latest; a publish not acked by then is a 503.
+        `allowed_sources` (None: all): the sources the request's API key may send;
+        events of others are rejected one by one, as invalid ones are.
         """
         if deadline is None:
             deadline = anyio.current_time() + self.settings.publish_timeout
@@ -177,6 +180,8 @@ class Ingest:
         except BadBody as exc:
             return Answer(400, {"error": str(exc)}, {})
         rejected = list(validated.rejected)
+        if allowed_sources is not None and not allowed_sources.issuperset(validated.by_source):
+            validated = _only_allowed(validated, allowed_sources, rejected)
         try:
             accepted, duplicates = await self._publish(
                 validated, rejected, correlation_id, deadline
@@ -296,6 +301,20 @@ def _drop_oversized(
                 )
             )
     return fitting
+
+
+def _only_allowed(
+    validated: Validated, allowed: frozenset[str], rejected: list[Rejection]
+) -> Validated:
+    """`validated` without the events of sources not `allowed`, which go to `rejected`."""
+    by_source: dict[str, list[ValidEvent]] = {}
+    for source, events in validated.by_source.items():
+        if source in allowed:
+            by_source[source] = events
+            continue
+        error = f"source: this API key may not send {source} events"
+        rejected.extend(Rejection(e.index, e.event_id, error, source) for e in events)
+    return Validated(by_source, validated.rejected, validated.duplicates)
 
 
 def _reason_label(message: str) -> str:

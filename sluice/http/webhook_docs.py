@@ -9,11 +9,13 @@ described here too.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
 from msgspec.json import schema_components
 
+from sluice.http.access import scope_for
 from sluice.sources import SCHEMAS, SOURCE_NAMES, SourceSchema
 
 __all__ = ["describe_unseen_routes"]
@@ -142,6 +144,51 @@ def describe_unseen_routes(document: dict[str, Any]) -> None:
         )
     }
     _describe_ops(paths, schemas)
+    _describe_security(document)
+
+
+_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+BEARER = (
+    "An API key, made with `sluice keys create`, sent as `Authorization: Bearer <key>`. "
+    "Required on every route but /health/*, /metrics, /docs, /openapi.json and / in the "
+    "staging and prod profiles (SLUICE_AUTH=required); in dev a request without one is "
+    "served, but a key that is sent must be valid. Scopes: `ingest` (webhook), `report` "
+    "(reports, events, dashboard), `admin` (everything)."
+)
+
+
+def _describe_security(document: dict[str, Any]) -> None:
+    """The bearer scheme, and on each protected operation its 401 and 403 answers."""
+    components = document.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": BEARER,
+    }
+    error = {"application/json": {"schema": {"$ref": _REF.format(name="WebhookError")}}}
+    for path, item in document.get("paths", {}).items():
+        rule = re.sub(r"\{([^}]+)\}", r"<\1>", path)
+        for method, operation in item.items():
+            scope = scope_for(method.upper(), rule) if method in _METHODS else None
+            if scope is None:
+                continue
+            operation["security"] = [{"bearer": []}]
+            # quart-schema keys its answers by int: one spelling, as JSON has it, for all
+            responses = {
+                str(code): answer for code, answer in operation.get("responses", {}).items()
+            }
+            operation["responses"] = responses
+            responses["401"] = {
+                "description": "No API key (where one is required), or a malformed, unknown "
+                "or revoked one. Carries `WWW-Authenticate: Bearer`.",
+                "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                "content": error,
+            }
+            limits = " or may not send events of this source" if scope == "ingest" else ""
+            responses["403"] = {
+                "description": f"The API key lacks the `{scope}` scope{limits}.",
+                "content": error,
+            }
 
 
 def _webhook_operation(
