@@ -17,8 +17,9 @@ RUN python -m pip wheel --no-deps --wheel-dir /tmp/wheels . \
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/sluice sluice
 COPY --from=build /opt/sluice /opt/sluice
-# prod profile (JSON logs, listen on all interfaces); NATS_URL and DATABASE_URL come
-# from the deployment (without them `sluice run` exits 2 saying so: no embedded servers here).
+# prod profile (JSON logs, listen on all interfaces, API keys required: README "Security",
+# set SLUICE_KEY_SECRET); NATS_URL and DATABASE_URL come from the deployment (without them
+# `sluice run` exits 2 saying so: no embedded servers here).
 ENV PATH=/opt/sluice/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SLUICE_ENV=prod \

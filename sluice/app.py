@@ -50,9 +50,11 @@ from sluice.actors.metrics import MetricsReporter
 from sluice.actors.subtree import Subtree
 from sluice.actors.work import Work
 from sluice.actors.writer import BatchWriter
+from sluice.auth import Authenticator, load_secret
 from sluice.config import Settings
 from sluice.config.settings import ROLES
 from sluice.edges.bus import JetStreamBus
+from sluice.edges.keys import PgKeyStore
 from sluice.edges.reports import PgReportStore
 from sluice.edges.store import PgEventStore
 from sluice.engine import ChildSpec, DrainDeadline, RestartPolicy, Supervisor, open_channel
@@ -146,6 +148,16 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
         if store is not None and role in ("all", "reports"):
             assert settings.database_url
             reports = await stack.enter_async_context(PgReportStore.open(settings.database_url))
+        keys: PgKeyStore | None = None
+        if settings.database_url:  # role ingress too: it connects on the first key sent
+            keys = await stack.enter_async_context(PgKeyStore.open(settings.database_url))
+        auth = Authenticator(
+            keys,
+            lambda: load_secret(settings.key_secret, settings.data_dir),
+            required=settings.auth == "required",
+            ttl=settings.key_cache_ttl,
+            retry_after=settings.retry_after_seconds,
+        )
 
         children: list[ChildSpec] = []
         writing: list[ChildSpec] = []
@@ -165,6 +177,7 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
             event_log=bus if takes_events else None,
             store=store,
             reports=reports,
+            auth=auth,
         )
         ingress_box: list[Ingress] = []
         http_name = "http" if role == "worker" else "ingress"
@@ -409,10 +422,11 @@ def _http_app(
     event_log: Any,
     store: PgEventStore | None,
     reports: PgReportStore | None = None,
+    auth: Authenticator | None = None,
 ) -> Quart:
     """The Quart app of this role. `store` is None where the role has no database;
     the reports endpoints are served where `reports` is given."""
-    deps = HttpDeps(settings, metrics, health, event_log=event_log, reports=reports)
+    deps = HttpDeps(settings, metrics, health, event_log=event_log, reports=reports, auth=auth)
     return create_app(deps)
 
 

@@ -1,4 +1,4 @@
-"""The `sluice` command: run | migrate | config | health | reset | publish | dlq."""
+"""The `sluice` command: run | migrate | config | health | reset | publish | dlq | keys."""
 
 from __future__ import annotations
 
@@ -61,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from sluice.dlq import cmd_dlq
 
         raise SystemExit(cmd_dlq(settings, args))
+    if args.command == "keys":
+        from sluice.keys import cmd_keys
+
+        raise SystemExit(cmd_keys(settings, args))
     if args.command == "reset":
         raise SystemExit(cmd_reset(settings, yes=args.yes))
     handler = {"run": cmd_run, "migrate": cmd_migrate}[args.command]
@@ -138,7 +142,16 @@ def _parser() -> argparse.ArgumentParser:
             "dlq", help="list, show, replay or purge the running engine's dead letters"
         )
     )
+    _add_keys_arguments(
+        commands.add_parser("keys", help="create, list or revoke API keys (README: Security)")
+    )
     return parser
+
+
+def _add_keys_arguments(parser: argparse.ArgumentParser) -> None:
+    from sluice.keys import add_arguments
+
+    add_arguments(parser)
 
 
 def _add_dlq_arguments(parser: argparse.ArgumentParser) -> None:
@@ -368,7 +381,8 @@ def cmd_run(settings: Settings) -> int:
         print("\n".join(lines), flush=True)
 
     uses_nats = role != "reports"
-    uses_postgres = role != "ingress"
+    # Ingress needs PostgreSQL only to look API keys up (without it, a key sent gets 503).
+    uses_postgres = role != "ingress" or settings.auth == "required"
     _check_port(settings)  # before seconds of starting embedded servers for nothing
     with (
         _startup_errors(),
