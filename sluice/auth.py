@@ -136,7 +136,8 @@ class Authenticator:
         self._unknown_ttl = min(unknown_ttl, ttl)
         self._retry_after = {"Retry-After": str(retry_after)}
         self._clock = clock
-        self._cache: dict[bytes, tuple[ApiKey | None, float]] = {}  # hash -> (key, expiry)
+        # hash -> (the answer for it, allowed or UNKNOWN, built once; its expiry)
+        self._cache: dict[bytes, tuple[Decision, float]] = {}
         self._lookups: dict[bytes, anyio.Event] = {}  # hashes being looked up now
 
     async def check(
@@ -155,20 +156,19 @@ class Authenticator:
         if self._secret is None:
             assert callable(self._load_secret)
             self._secret = self._load_secret()
-        found = await self._key(hash_key(self._secret, key))
-        if isinstance(found, Decision):
-            return found
+        decision = await self._known(hash_key(self._secret, key))
+        found = decision.key
         if found is None:
-            return UNKNOWN
+            return decision  # unknown, or 503
         if scope not in found.scopes and "admin" not in found.scopes:
             return Decision(403, f"this API key lacks the {scope} scope", key=found)
         if source is not None and found.sources is not None and source not in found.sources:
             return Decision(403, f"this API key may not send {source} events", key=found)
-        return Decision(200, key=found)
+        return decision
 
-    async def _key(self, key_hash: bytes) -> ApiKey | Decision | None:
-        """The key of this hash, from the cache while fresh; a 503 Decision when the
-        store cannot be asked and nothing is cached."""
+    async def _known(self, key_hash: bytes) -> Decision:
+        """Allowed (with its key) or UNKNOWN for the key of this hash, from the cache
+        while fresh; a 503 when the store cannot be asked and nothing is cached."""
         cached = self._cache.get(key_hash)
         if cached is not None and cached[1] > self._clock():
             return cached[0]
@@ -181,9 +181,9 @@ class Authenticator:
             return Decision(503, "API keys cannot be checked here: no database (set DATABASE_URL)")
         done = self._lookups[key_hash] = anyio.Event()
         try:
-            key = await self.store.use(key_hash)
+            found = await self.store.use(key_hash)
         except StoreUnavailable:
-            if cached is not None and cached[0] is not None:
+            if cached is not None and cached[0].key is not None:
                 # Verified before: it keeps working while the store is away, asked again
                 # only every unknown_ttl (a lookup may take its whole timeout meanwhile).
                 self._cache[key_hash] = (cached[0], self._clock() + self._unknown_ttl)
@@ -196,13 +196,17 @@ class Authenticator:
         finally:
             del self._lookups[key_hash]
             done.set()
-        self._remember(key_hash, key)
-        return key
+        return self._remember(key_hash, found)
 
-    def _remember(self, key_hash: bytes, key: ApiKey | None) -> None:
+    def _remember(self, key_hash: bytes, key: ApiKey | None) -> Decision:
         now = self._clock()
         if len(self._cache) >= MAX_CACHED:
             self._cache = {h: entry for h, entry in self._cache.items() if entry[1] > now}
             if len(self._cache) >= MAX_CACHED:
-                self._cache = {h: e for h, e in self._cache.items() if e[0] is not None}
-        self._cache[key_hash] = (key, now + (self._ttl if key is not None else self._unknown_ttl))
+                self._cache = {h: e for h, e in self._cache.items() if e[0].key is not None}
+        if key is None:
+            self._cache[key_hash] = (UNKNOWN, now + self._unknown_ttl)
+            return UNKNOWN
+        allowed = Decision(200, key=key)
+        self._cache[key_hash] = (allowed, now + self._ttl)
+        return allowed
