@@ -284,9 +284,12 @@ def embedded_installed() -> bool:
 
 
 @contextlib.contextmanager
-def _servers(settings: Settings, *, nats: bool = True, postgres: bool = True) -> Iterator[Settings]:
+def _servers(
+    settings: Settings, *, nats: bool = True, postgres: bool = True, watch: bool = False
+) -> Iterator[Settings]:
     """Start the embedded servers for whichever URL is unset; stop them on the way out.
 
+    `watch`: a server whose process dies meanwhile is started again (a `Watchdog`).
     Without the `sluice[embedded]` extra and without the URLs: one line, exit 2.
     """
     want_nats = nats and not settings.nats_url
@@ -304,18 +307,24 @@ def _servers(settings: Settings, *, nats: bool = True, postgres: bool = True) ->
             both = EmbeddedServers(settings.data_dir)
             stack.callback(both.stop)
             changes["nats_url"], changes["database_url"] = both.start()
+            if watch:
+                stack.enter_context(both.watchdog())
         elif want_nats:
-            from sluice.edges.embedded import EmbeddedNats
+            from sluice.edges.embedded import EmbeddedNats, Watchdog
 
             nats_server = EmbeddedNats(settings.data_dir)
             stack.callback(nats_server.stop)
             changes["nats_url"] = nats_server.start()
+            if watch:
+                stack.enter_context(Watchdog([nats_server]))
         else:
-            from sluice.edges.embedded import EmbeddedPostgres
+            from sluice.edges.embedded import EmbeddedPostgres, Watchdog
 
             pg_server = EmbeddedPostgres(settings.data_dir)
             stack.callback(pg_server.stop)
             changes["database_url"] = pg_server.start()
+            if watch:
+                stack.enter_context(Watchdog([pg_server]))
         yield dataclasses.replace(settings, **changes)
 
 
@@ -386,7 +395,7 @@ def cmd_run(settings: Settings) -> int:
     _check_port(settings)  # before seconds of starting embedded servers for nothing
     with (
         _startup_errors(),
-        _servers(settings, nats=uses_nats, postgres=uses_postgres) as resolved,
+        _servers(settings, nats=uses_nats, postgres=uses_postgres, watch=True) as resolved,
     ):
         tune_gc()
         code: int = anyio.run(

@@ -199,21 +199,24 @@ class GroupCommit:
             lane = self._lanes[source] = _Lane()
         await self._join(lane, entry, deadline)
         try:
-            with anyio.move_on_at(deadline):
-                while True:
-                    if entry.leading:
-                        if not entry.done and anyio.current_time() >= deadline:
-                            break  # too late to publish: the slot goes on (_leave)
-                        entry.leading = False
-                        if entry.done:  # taken by another publish meanwhile: answer now
-                            self._hand_on(lane)
-                            break
-                        if entry.wake.is_set():
-                            entry.wake = anyio.Event()
-                        await self._flush(source, lane, deadline)
-                    if entry.done:
+            while True:
+                if entry.leading:
+                    if not entry.done and anyio.current_time() >= deadline:
+                        break  # too late to publish: the slot goes on (_leave)
+                    entry.leading = False
+                    if entry.done:  # taken by another publish meanwhile: answer now
+                        self._hand_on(lane)
                         break
+                    if entry.wake.is_set():
+                        entry.wake = anyio.Event()
+                    await self._flush(source, lane, deadline)  # bounded by the deadline
+                if entry.done:
+                    break
+                # Only a request that waits for another's publish needs a scope of its own.
+                with anyio.move_on_at(deadline) as waiting:
                     await entry.wake.wait()
+                if waiting.cancelled_caught and not entry.leading:
+                    break
         except BaseException:
             self._leave(lane, entry)
             raise

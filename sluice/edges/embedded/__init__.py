@@ -1,4 +1,4 @@
-"""Embedded nats-server and PostgreSQL: the one-command local default (DESIGN.md §5).
+"""Embedded nats-server and PostgreSQL: the one-command local default.
 
 With no NATS_URL / DATABASE_URL, `sluice run` starts its own servers with data under one
 directory (``./.sluice`` by default), kept across restarts::
@@ -49,7 +49,7 @@ from ._base import (
 )
 from ._nats import EmbeddedNats
 from ._postgres import EmbeddedPostgres
-from ._servers import EmbeddedServers
+from ._servers import EmbeddedServers, Watchdog
 
 __all__ = [
     "DEFAULT_NATS_MONITOR_PORT",
@@ -59,6 +59,7 @@ __all__ = [
     "EmbeddedNats",
     "EmbeddedPostgres",
     "EmbeddedServers",
+    "Watchdog",
     "nats_binary",
     "postgres_bin_dir",
 ]

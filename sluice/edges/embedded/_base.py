@@ -361,11 +361,27 @@ class _Server:
     def running(self) -> bool:
         return self.pid is not None
 
-    def start(self) -> str:
-        """Start the server (recovering from a previous crash) and return its URL when ready."""
+    @property
+    def exit_status(self) -> str:
+        """How the last process ended, for logs ("running" while it runs)."""
+        proc = self._proc
+        if proc is None:
+            return "not started"
+        code = proc.poll()
+        if code is None:
+            return "running"
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+    def start(self, *, in_thread: bool = False) -> str:
+        """Start the server (recovering from a previous crash) and return its URL when ready.
+
+        `in_thread`: started on purpose from a thread that lives as long as the server
+        should (the watchdog's): no warning that it dies with that thread.
+        """
         if self.running:
             return self.url
-        if threading.current_thread() is not threading.main_thread() and self.die_with_parent:
+        elsewhere = threading.current_thread() is not threading.main_thread()
+        if elsewhere and self.die_with_parent and not in_thread:
             log.warning(
                 "starting embedded %s outside the main thread: it dies when that thread ends",
                 self.kind,

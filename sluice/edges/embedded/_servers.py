@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator, Sequence
     from types import TracebackType
 
+    from ._base import _Server
+
 from ._base import (
+    EmbeddedError,
     _write_json,
 )
 from ._nats import EmbeddedNats
@@ -58,20 +63,28 @@ class EmbeddedServers:
         except BaseException:
             self.nats.stop()
             raise
-        with contextlib.suppress(OSError):
+        self.record()
+        return nats_url, database_url
+
+    def record(self) -> None:
+        """Write servers.json: the URLs and pids as they are now."""
+        with contextlib.suppress(OSError, EmbeddedError):
             _write_json(
                 self.servers_json,
                 {
-                    "nats_url": nats_url,
+                    "nats_url": self.nats.url,
                     "nats_monitor_url": self.nats.monitor_url,
-                    "database_url": database_url,
+                    "database_url": self.postgres.url,
                     "nats_pid": self.nats.pid,
                     "postgres_pid": self.postgres.pid,
                     "sluice_pid": os.getpid(),
                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 },
             )
-        return nats_url, database_url
+
+    def watchdog(self) -> Watchdog:
+        """A watchdog over both servers that rewrites servers.json after a restart."""
+        return Watchdog([self.nats, self.postgres], on_restart=self.record)
 
     def stop(self) -> None:
         try:
@@ -94,3 +107,78 @@ class EmbeddedServers:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# --------------------------------------------------------------------------- watchdog
+
+log = logging.getLogger("sluice.embedded")
+
+
+class Watchdog:
+    """Starts again an embedded server whose process died, as a service manager would.
+
+    A thread looks at each server every `interval` seconds; a server found dead is
+    started again on its data directory (recovering as after a crash; its port is the
+    one it had, so clients reconnect by themselves) after a backoff that doubles on
+    each failed or short-lived start, up to `backoff_max`, and goes back to `backoff`
+    once a start has lived `stable` seconds. Every step is logged. Leaving the `with`
+    block stops the thread first, so the servers can then be stopped for good.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[_Server],
+        *,
+        on_restart: Callable[[], None] | None = None,
+        interval: float = 0.5,
+        backoff: float = 1.0,
+        backoff_max: float = 30.0,
+        stable: float = 60.0,
+    ) -> None:
+        self._servers = list(servers)
+        self._on_restart = on_restart
+        self._interval = interval
+        self._backoff = backoff
+        self._backoff_max = backoff_max
+        self._stable = stable
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="embedded-watchdog", daemon=True)
+        self.restarts = 0
+
+    def __enter__(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        delay = {id(server): self._backoff for server in self._servers}
+        started = {id(server): time.monotonic() for server in self._servers}
+        while not self._stop.wait(self._interval):
+            for server in self._servers:
+                if server.running:
+                    continue
+                key = id(server)
+                if time.monotonic() - started[key] >= self._stable:
+                    delay[key] = self._backoff
+                log.warning(
+                    "embedded %s exited (%s); starting it again in %.0f s",
+                    server.kind,
+                    server.exit_status,
+                    delay[key],
+                )
+                if self._stop.wait(delay[key]):
+                    return
+                delay[key] = min(delay[key] * 2, self._backoff_max)
+                started[key] = time.monotonic()
+                try:
+                    server.start(in_thread=True)
+                except Exception as exc:
+                    log.error("embedded %s did not start again: %s", server.kind, exc)
+                    continue
+                self.restarts += 1
+                log.warning("embedded %s started again (pid %s)", server.kind, server.pid)
+                if self._on_restart is not None:
+                    self._on_restart()
