@@ -116,3 +116,14 @@ def test_keys_against_a_running_engine(data_dir: Path) -> None:
     output = "".join(running.output)
     for made in (ingest, report, tiktok):
         assert made["key"] not in output  # never logged
+
+
+def test_create_refuses_a_bad_source_or_name_before_touching_a_database(tmp_path: Path) -> None:
+    bad_source = keys(tmp_path / "none", "create", "--scope", "ingest", "--source", "myspace")
+    assert bad_source.returncode == 2
+    assert "--source 'myspace': unknown source; expected one of" in bad_source.stderr
+    digits = keys(tmp_path / "none", "create", "--scope", "ingest", "--name", "42")
+    assert digits.returncode == 2 and "--name '42'" in digits.stderr
+    bad_scope = keys(tmp_path / "none", "create", "--scope", "root")
+    assert bad_scope.returncode == 2 and "invalid choice: 'root'" in bad_scope.stderr
+    assert not (tmp_path / "none").exists()
