@@ -385,6 +385,7 @@ def cmd_run(settings: Settings) -> int:
             f"  health:   GET  {url}/health/ready",
             f"  metrics:  GET  {url}/metrics",
             f"  data:     {data}",
+            f"  API keys: {settings.auth} (SLUICE_AUTH; sluice keys create --scope ingest)",
             "  stop:     Ctrl-C or SIGTERM (drains, then exits; a second one forces)",
         ]
         print("\n".join(lines), flush=True)
