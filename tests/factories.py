@@ -13,6 +13,9 @@ The generator lives in `sluice.publish.events`, where `sluice publish` uses it t
 
 from __future__ import annotations
 
+from typing import Any
+
+from sluice.config import Settings
 from sluice.publish.events import (
     EVENT_TYPES,
     MISSING,
@@ -34,3 +37,20 @@ __all__ = [
     "make_events",
     "override",
 ]
+
+
+def engine_settings(nats_url: str, database_url: str, prefix: str, **changes: Any) -> Settings:
+    """Settings for an engine on the test servers, on a stream of its own, quick to react
+    (short flush, fetch and sampling intervals); `changes` override any field."""
+    base: dict[str, Any] = {
+        "nats_url": nats_url,
+        "database_url": database_url,
+        "http_port": 0,
+        "stream": f"{prefix}_EVENTS",
+        "subject_prefix": prefix,
+        "flush_interval": 0.02,
+        "fetch_timeout": 0.2,
+        "metrics_interval": 0.2,
+        "drain_timeout": 15,
+    }
+    return Settings(**(base | changes))

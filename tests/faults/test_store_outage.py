@@ -24,7 +24,7 @@ import pytest
 from sluice.app import Engine, open_engine
 from sluice.config import Settings
 from sluice.edges.embedded import EmbeddedPostgres
-from tests.factories import make_events
+from tests.factories import engine_settings, make_events
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -96,17 +96,7 @@ async def test_postgres_paused_then_killed_under_load_loses_nothing_and_ingress_
     nats_url: str, nats_prefix: str, private_postgres: EmbeddedPostgres
 ) -> None:
     url = private_postgres.url
-    settings = Settings(
-        nats_url=nats_url,
-        database_url=url,
-        http_port=0,
-        stream=f"{nats_prefix}_EVENTS",
-        subject_prefix=nats_prefix,
-        flush_interval=0.02,
-        fetch_timeout=0.2,
-        metrics_interval=0.2,
-        drain_timeout=15,
-    )
+    settings = engine_settings(nats_url, url, nats_prefix)
     settings = dataclasses.replace(settings, ack_wait=6.0)  # held well past ack_wait
     async with open_engine(settings) as engine, anyio.create_task_group() as tg:
         load = Load(engine)

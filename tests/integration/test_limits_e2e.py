@@ -19,7 +19,7 @@ import pytest
 
 from sluice.app import Engine, open_engine
 from sluice.config import Settings
-from tests.factories import make_event, override
+from tests.factories import engine_settings, make_event, override
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -32,17 +32,7 @@ WIDE = "\U0001f600" * 256  # 1 KiB of UTF-8
 
 @pytest.fixture
 def settings(nats_url: str, fresh_database_url: str, nats_prefix: str) -> Settings:
-    return Settings(
-        nats_url=nats_url,
-        database_url=fresh_database_url,
-        http_port=0,
-        stream=f"{nats_prefix}_EVENTS",
-        subject_prefix=nats_prefix,
-        flush_interval=0.02,
-        fetch_timeout=0.2,
-        metrics_interval=0.2,
-        drain_timeout=15,
-    )
+    return engine_settings(nats_url, fresh_database_url, nats_prefix)
 
 
 @pytest.fixture

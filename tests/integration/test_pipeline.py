@@ -14,24 +14,14 @@ import pytest
 
 from sluice.app import Engine, open_engine
 from sluice.config import Settings
-from tests.factories import make_events
+from tests.factories import engine_settings, make_events
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 
 @pytest.fixture
 def settings(nats_url: str, fresh_database_url: str, nats_prefix: str) -> Settings:
-    return Settings(
-        nats_url=nats_url,
-        database_url=fresh_database_url,
-        http_port=0,
-        stream=f"{nats_prefix}_EVENTS",
-        subject_prefix=nats_prefix,
-        flush_interval=0.02,
-        fetch_timeout=0.2,
-        metrics_interval=0.2,
-        drain_timeout=15,
-    )
+    return engine_settings(nats_url, fresh_database_url, nats_prefix)
 
 
 def spoil(event: dict[str, Any], rng: random.Random) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import pytest
 
 from sluice.app import open_engine
 from sluice.config import Settings
+from tests.factories import engine_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -77,17 +78,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def settings(nats_url: str, fresh_database_url: str, nats_prefix: str) -> Settings:
-    return Settings(
-        nats_url=nats_url,
-        database_url=fresh_database_url,
-        http_port=0,
-        stream=f"{nats_prefix}_EVENTS",
-        subject_prefix=nats_prefix,
-        flush_interval=0.02,
-        fetch_timeout=0.2,
-        metrics_interval=0.1,
-        drain_timeout=15,
-    )
+    return engine_settings(nats_url, fresh_database_url, nats_prefix, metrics_interval=0.1)
 
 
 def without_received_at(answer: Any) -> Any:

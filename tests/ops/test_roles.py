@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sluice.app import Engine, open_engine
 from sluice.config import Settings
 from sluice.engine import FatalError
-from tests.factories import make_events
+from tests.factories import engine_settings, make_events
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -28,17 +28,12 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def settings(nats_url: str, fresh_database_url: str, nats_prefix: str) -> Settings:
-    return Settings(
-        nats_url=nats_url,
-        database_url=fresh_database_url,
-        http_port=0,
-        stream=f"{nats_prefix}_EVENTS",
-        subject_prefix=nats_prefix,
+    return engine_settings(
+        nats_url,
+        fresh_database_url,
+        nats_prefix,
         sources=("facebook", "tiktok"),
-        flush_interval=0.02,
-        fetch_timeout=0.2,
         metrics_interval=0.1,
-        drain_timeout=15,
     )
 
 
