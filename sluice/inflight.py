@@ -104,15 +104,14 @@ class HoldingSubscription:
         return getattr(self._inner, name)
 
 
-class HeldDelivery:
-    """A `Delivery` registered in `HeldMessages` until it is finished."""
+class ForwardingDelivery:
+    """A `Delivery` that forwards to the one it wraps; subclasses add what happens when
+    it is finished (ack, nak, term)."""
 
-    __slots__ = ("_held", "_inner")
+    __slots__ = ("_inner",)
 
-    def __init__(self, inner: Delivery, held: HeldMessages) -> None:
+    def __init__(self, inner: Delivery) -> None:
         self._inner = inner
-        self._held = held
-        held.hold(self)
 
     @property
     def data(self) -> bytes:
@@ -125,6 +124,23 @@ class HeldDelivery:
     @property
     def num_delivered(self) -> int:
         return self._inner.num_delivered
+
+    async def in_progress(self) -> None:
+        await self._inner.in_progress()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class HeldDelivery(ForwardingDelivery):
+    """A `Delivery` registered in `HeldMessages` until it is finished."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self, inner: Delivery, held: HeldMessages) -> None:
+        super().__init__(inner)
+        self._held = held
+        held.hold(self)
 
     async def ack(self) -> None:
         try:
@@ -143,9 +159,3 @@ class HeldDelivery:
             await self._inner.term()
         finally:
             self._held.let_go(self)
-
-    async def in_progress(self) -> None:
-        await self._inner.in_progress()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)

@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from sluice.engine import Actor
+from sluice.inflight import ForwardingDelivery
 from sluice.recent import RecentIds
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -126,32 +125,20 @@ class DedupGuard(Actor):
                 del self._in_flight[event_id]
 
 
-class _Watched:
+class _Watched(ForwardingDelivery):
     """A delivery passed on by the guard: when it is finished, its ids leave the
     in-flight map, its dropped duplicates are counted (on ack), and the messages
     parked behind it are told."""
 
-    __slots__ = ("_guard", "_inner", "_work", "ids", "parked", "since")
+    __slots__ = ("_guard", "_work", "ids", "parked", "since")
 
     def __init__(self, inner: Delivery, guard: DedupGuard, work: Work, ids: list[str]) -> None:
+        super().__init__(inner)
         self.since = anyio.current_time()
-        self._inner = inner
         self._guard = guard
         self._work = work
         self.ids = ids
         self.parked: list[_Parked] = []
-
-    @property
-    def data(self) -> bytes:
-        return self._inner.data
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._inner.headers
-
-    @property
-    def num_delivered(self) -> int:
-        return self._inner.num_delivered
 
     async def ack(self) -> None:
         await self._inner.ack()
@@ -172,16 +159,10 @@ class _Watched:
         finally:
             await self._given_back()
 
-    async def in_progress(self) -> None:
-        await self._inner.in_progress()
-
     async def _given_back(self) -> None:
         self._guard.forget(self)
         for parked in self.parked:
             await parked.one_given_back()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 class _Parked:
