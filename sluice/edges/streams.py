@@ -3,13 +3,17 @@
 - The work stream (SLUICE_STREAM, subjects `<prefix>.<source>`) has work-queue
   retention: a message leaves it once acked, so `max_bytes` with discard-new bounds
   only the backlog not yet written (then the webhook answers 503).
-- The history stream (SLUICE_HISTORY_STREAM, default `<stream>_HISTORY`) sources the
+- The history stream (SLUICE_HISTORY_STREAM, default `<stream>_HISTORY`) mirrors the
   work stream, with limits retention and discard-old: it keeps every message for
   replay up to its age and byte limits and never refuses one. The server keeps a
-  work-queue message until the history has copied it, even once it is acked; but
-  while the history's source is not attached (it attaches a moment after either
-  stream is created) an acked message would leave uncopied, so `ensure()` returns only
-  once it is attached.
+  work-queue message until the history has copied it, even once it is acked (its
+  mirror consumer acks by flow control); but while the mirror is not attached (it
+  attaches a moment after either stream is created) an acked message would leave
+  uncopied, so `ensure()` returns only once it is attached. A mirror rather than a
+  source: the same messages under the same sequence numbers, without the
+  Nats-Stream-Source header and duplicate window a sourcing stream adds to each
+  (a little less nats-server CPU: bench/README.md, session 6). A history that sources the work stream, as sluice made
+  it before, is kept as it is: JetStream cannot turn one into a mirror.
 
 JetStream cannot change a stream's retention in place. A work stream found with limits
 retention (sluice before 0.2) is migrated by `ensure()`, each step safe to repeat if
@@ -17,13 +21,13 @@ the process dies in the middle:
 
 1. freeze: the old stream's subjects move to a parking subject, so nothing new enters
    it (publishes meanwhile fail: the webhook answers 503, nothing is lost);
-2. the history stream is created sourcing it, and `ensure()` waits until it holds the
-   old stream's last message;
+2. the history stream is created mirroring it, and `ensure()` waits until it holds
+   the old stream's last message;
 3. every message some consumer has not acked (past its ack floor; per subject) is
    copied into a migration stream (`<stream>_MIGRATION`), which also records the old
    stream's last sequence;
 4. the old stream is deleted and the work stream created afresh, numbering on from
-   that sequence (so the history's source picks up where it stopped);
+   that sequence (so the history's mirror picks up where it stopped);
 5. the copied messages are published into the new work stream (with their
    Nats-Msg-Id, so a repeated step is deduplicated), and the migration stream is
    deleted. The durable consumers are created again by the workers, from the start.
@@ -104,24 +108,31 @@ class StreamKeeper:
         s = self._s
         config = api.StreamConfig(
             name=self._history,
-            sources=[api.StreamSource(name=self._work)],
             retention=api.RetentionPolicy.LIMITS,
             storage=api.StorageType.FILE,
             max_age=s.history_max_age,
             max_bytes=s.history_max_bytes,
             discard=api.DiscardPolicy.OLD,
-            duplicate_window=s.duplicate_window,
         )
-        if await self._info(self._history) is None:
+        found = await self._info(self._history)
+        if found is None:
+            config.mirror = api.StreamSource(name=self._work)
             await self._create(config)
+            return
+        if found.config.mirror is not None:
+            config.mirror = found.config.mirror
         else:
-            await self._js.update_stream(config)
+            # Sourcing the work stream, as sluice made it before the history was a
+            # mirror: JetStream cannot turn it into one, and it works, so it stays.
+            config.sources = [api.StreamSource(name=self._work)]
+            config.duplicate_window = s.duplicate_window
+        await self._js.update_stream(config)
 
     async def _wait_attached(self, *, created: bool) -> None:
-        """Until the history's source consumer exists on the work stream. For a work
-        stream just created, asked of it (the history reports its source active for a
-        while after the stream behind it was deleted): it is created parked, so the
-        source's is the only consumer it can have yet."""
+        """Until the history's consumer exists on the work stream. For a work stream
+        just created, asked of it (the history reports its origin active for a while
+        after the stream behind it was deleted): it is created parked, so the
+        history's is the only consumer it can have yet."""
         with anyio.fail_after(ATTACH_TIMEOUT):
             while True:
                 if created:
@@ -129,8 +140,10 @@ class StreamKeeper:
                         return
                 else:
                     info = await self._js.stream_info(self._history)
-                    source = next((x for x in info.sources or () if x.name == self._work), None)
-                    if source is not None and (source.active or -1) >= 0:
+                    origin = info.mirror or next(
+                        (x for x in info.sources or () if x.name == self._work), None
+                    )
+                    if origin is not None and (origin.active or -1) >= 0:
                         return
                 await anyio.sleep(_POLL)
 
@@ -156,12 +169,15 @@ class StreamKeeper:
         return last + 1
 
     async def _wait_history_holds(self, last: int) -> None:
-        """Until the history holds the old stream's message `last` (its source header
-        names the origin's sequence)."""
+        """Until the history holds the old stream's message `last`: a mirror keeps the
+        origin's sequence numbers; a sourced message's header names them."""
         with anyio.fail_after(CATCH_UP_TIMEOUT):
             while last > 0:
                 info = await self._js.stream_info(self._history)
-                if info.state.messages:
+                if info.config.mirror is not None:
+                    if int(info.state.last_seq) >= last:
+                        break
+                elif info.state.messages:
                     msg = await self._js.get_msg(self._history, seq=info.state.last_seq)
                     origin = (msg.headers or {}).get(_SOURCE_HEADER, "").split()
                     if len(origin) > 1 and origin[0] == self._work and int(origin[1]) >= last:

@@ -10,9 +10,13 @@ publishes everything then waiting as one envelope (split below max_payload). Eac
 request is answered after the ack of every message holding its events; a failed
 publish fails every request in it (503), and nothing of it is counted accepted.
 
-Group commit is for small requests (single events, short arrays): a request with
-SOLO_BYTES of events or more fills messages by itself, so it is published at once,
-alone, without waiting for a slot (waiting would only add latency to arrays).
+Arrays share too. Each message costs nats-server two fsynced writes (the work stream
+and its history) and a delete once acked, and sluice a fetch, an ack and the keeper's
+progress signals: under full load arrays of 100 (~19 KB of events per source) sharing
+messages cost nats-server about half the CPU per event that one message per request
+does, and sluice ~15% less (bench/README.md, session 6). Only a request with SOLO_BYTES
+of events or more, a good part of a message by itself, is published at once, alone,
+without waiting for a slot.
 
 There is no task of its own: the requests are the publishers (leader/follower). A
 publish runs shielded from its leader's cancellation, under its own deadline, so a
@@ -52,8 +56,9 @@ __all__ = ["CORRELATION_HEADER", "GroupCommit", "Outcome", "ServiceUnavailable"]
 log = logging.getLogger("sluice.webhook")
 
 CORRELATION_HEADER = "X-Correlation-ID"
-# Event bytes from which a request is published alone, at once (arrays of ~25+ events).
-SOLO_BYTES = 16 * 1024
+# Event bytes from which a request is published alone, at once: a quarter of the
+# default max_payload (1 MiB): ~700 events of one source and more.
+SOLO_BYTES = 256 * 1024
 
 
 class ServiceUnavailable(Exception):
@@ -228,9 +233,9 @@ class GroupCommit:
         return Outcome(entry.accepted, entry.duplicates + known)
 
     async def _solo(self, source: str, entry: _Entry, known: int, deadline: float) -> Outcome:
-        """A request big enough to fill messages by itself is published at once, alone
-        (one message per request, as without group commit): waiting for a slot would
-        only add latency, and sharing would save next to nothing."""
+        """A request that fills a good part of a message by itself is published at
+        once, alone (one message per request, as without group commit): waiting for a
+        slot would add latency, and sharing would save little."""
         with anyio.CancelScope(shield=True):
             await self._publish(source, [entry], deadline)
         if entry.error is not None:

@@ -1,8 +1,8 @@
 """POST /webhook (and /events, /webhook/<source>): validate, publish, answer.
 
 202 means every accepted event is in JetStream (publish acked). A request alone, or one
-with 16 KiB of events or more, gets one envelope per source, split below the server's
-max_payload; concurrent small requests for a source share envelopes (group commit:
+with 256 KiB of events or more, gets one envelope per source, split below the server's
+max_payload; concurrent requests for a source share envelopes (group commit:
 `sluice.http._group_commit`).
 
 The work is done by `Ingest.handle`, which knows nothing of the web framework; the

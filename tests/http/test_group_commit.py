@@ -12,7 +12,7 @@ import trio.testing
 
 from sluice import envelope
 from sluice.config import Settings
-from sluice.http._group_commit import GroupCommit, Outcome, ServiceUnavailable
+from sluice.http._group_commit import SOLO_BYTES, GroupCommit, Outcome, ServiceUnavailable
 from sluice.http.webhook import Answer, Ingest
 from sluice.metrics import Metrics
 from sluice.ports import LogUnavailable
@@ -141,6 +141,42 @@ async def test_a_big_request_is_published_at_once_alone_while_small_ones_wait() 
     assert requests.answers == {"0": Outcome(1, 0), "1": Outcome(1, 0), "big": Outcome(10, 0)}
     assert published_ids(log) == [[e.event_id for e in big], ["e0"], ["e1"]]  # in ack order
     assert accepted_total(metrics) == 12
+
+
+def sized(event_id: str, size: int) -> ValidEvent:
+    """An event whose raw JSON is `size` bytes (~380 for a live-like one)."""
+    head = b'{"eventId":"%s","pad":"' % event_id.encode()
+    return ValidEvent(event_id, "facebook", head + b"x" * (size - len(head) - 2) + b'"}', 0)
+
+
+@pytest.mark.anyio
+async def test_arrays_share_messages_too_and_only_a_request_of_solo_bytes_goes_alone() -> None:
+    """Arrays of 100 (~38 KB, ~19 KB per source) are what the default threshold is
+    for: every message costs nats-server two fsynced writes and a delete, so they
+    share messages like single events; a request of SOLO_BYTES is published alone."""
+    log = FakeEventLog(hold=True)
+    commit, metrics = make(log, inflight=1, max_bytes=4 << 20)
+    arrays = {str(r): [sized(f"a{r}.{i}", 380) for i in range(50)] for r in range(4)}
+    huge = [sized(f"h{i}", 1024) for i in range(SOLO_BYTES // 1024)]
+    async with anyio.create_task_group() as tg:
+        requests = Requests(tg, commit)
+        for name, events in arrays.items():
+            await requests.start(name, *events)
+        await requests.start("huge", *huge)
+        assert len(log.held) == 2  # array 0 alone, and the huge one: 1, 2, 3 wait
+        log.held[0].set()
+        await anyio.wait_all_tasks_blocked()
+        assert len(log.held) == 3  # arrays 1-3 in one message
+        log.held[1].set()
+        await anyio.wait_all_tasks_blocked()
+        log.held[2].set()
+    assert published_ids(log) == [
+        [e.event_id for e in arrays["0"]],
+        [e.event_id for e in huge],
+        [e.event_id for r in "123" for e in arrays[r]],
+    ]
+    assert requests.answers == {**{r: Outcome(50, 0) for r in arrays}, "huge": Outcome(256, 0)}
+    assert accepted_total(metrics) == 456
 
 
 @pytest.mark.anyio

@@ -85,6 +85,8 @@ async def test_an_acked_message_leaves_the_work_stream_and_stays_in_the_history(
         history = await js.stream_info(settings.history_stream_name)
         assert history.config.retention == api.RetentionPolicy.LIMITS
         assert history.config.discard == api.DiscardPolicy.OLD
+        assert history.config.mirror.name == settings.stream  # a mirror: no copy of its own
+        assert history.config.sources is None
 
 
 async def test_more_than_max_bytes_goes_through_once_written(settings: Settings, js: Any) -> None:
@@ -163,6 +165,43 @@ async def test_a_limits_stream_is_migrated_keeping_unacked_messages_and_history(
     # A second start finds nothing to migrate and changes nothing.
     async with JetStreamBus.connect(settings):
         assert (await js.stream_info(settings.stream)).state.last_seq == ack.seq
+
+
+async def test_a_history_that_sources_the_work_stream_is_kept_and_keeps_working(
+    settings: Settings, js: Any
+) -> None:
+    """The layout sluice created before the history became a mirror: JetStream cannot
+    turn a sourcing stream into a mirror, so it stays as it is, limits updated."""
+    await js.add_stream(
+        api.StreamConfig(
+            name=settings.stream,
+            subjects=[f"{settings.subject_prefix}.>"],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            discard=api.DiscardPolicy.NEW,
+        )
+    )
+    await js.add_stream(
+        api.StreamConfig(
+            name=settings.history_stream_name,
+            sources=[api.StreamSource(name=settings.stream)],
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            max_age=60.0,
+        )
+    )
+    async with JetStreamBus.connect(settings) as bus:
+        for i in range(3):
+            await bus.publish("facebook", b"m%d" % i, msg_id=f"m{i}", headers={})
+        assert await take_all(bus, "facebook", 3) == [b"m%d" % i for i in range(3)]
+        assert await drained(js, settings.stream) == 0
+        with anyio.fail_after(10):
+            while len(await history_payloads(js, settings)) < 3:
+                await anyio.sleep(0.05)
+        assert await history_payloads(js, settings) == [b"m%d" % i for i in range(3)]
+    history = await js.stream_info(settings.history_stream_name)
+    assert history.config.mirror is None
+    assert [x.name for x in history.config.sources] == [settings.stream]
+    assert history.config.max_age == settings.history_max_age
 
 
 async def test_processes_starting_together_both_get_the_streams(
