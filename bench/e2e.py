@@ -164,7 +164,7 @@ class Servers:
             self.nats.stop()
 
     def reset(self) -> None:
-        """An empty stream and empty tables (the schema stays)."""
+        """Empty streams and empty tables (the schema stays)."""
         asyncio.run(self._reset())
 
     async def _reset(self) -> None:
@@ -173,8 +173,11 @@ class Servers:
 
         nc = await nats.connect(self.nats_url)
         try:
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await nc.jetstream().delete_stream("EVENTS")
+            # The history too: it would keep the last run's messages, and its mirror
+            # would wait for sequences the new work stream starts over from.
+            for stream in ("EVENTS_HISTORY", "EVENTS"):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await nc.jetstream().delete_stream(stream)
         finally:
             await nc.close()
         conn = await asyncpg.connect(self.database_url)

@@ -12,8 +12,9 @@
   uncopied, so `ensure()` returns only once it is attached. A mirror rather than a
   source: the same messages under the same sequence numbers, without the
   Nats-Stream-Source header and duplicate window a sourcing stream adds to each
-  (a little less nats-server CPU: bench/README.md, session 6). A history that sources the work stream, as sluice made
-  it before, is kept as it is: JetStream cannot turn one into a mirror.
+  (a little less nats-server CPU: bench/README.md, session 6). A history that sources
+  the work stream, as sluice made it before, is kept as it is: JetStream cannot turn
+  one into a mirror.
 
 JetStream cannot change a stream's retention in place. A work stream found with limits
 retention (sluice before 0.2) is migrated by `ensure()`, each step safe to repeat if
