@@ -164,7 +164,7 @@ class Settings:
     stream_max_age: float = _env("SLUICE_STREAM_MAX_AGE", _positive_float, 7 * 24 * 3600.0)
     stream_max_bytes: int = _env("SLUICE_STREAM_MAX_BYTES", _positive_int, 4 * GiB)
     duplicate_window: float = _env("SLUICE_DUPLICATE_WINDOW", _positive_float, 120.0)
-    # History for replay: a second stream sourcing the first, dropping its oldest
+    # History for replay: a second stream mirroring the first, dropping its oldest
     # messages past these limits (it never refuses one). Default name: <stream>_HISTORY.
     # nats-server reserves both max_bytes on its disk: 4 + 16 GiB, what one stream of
     # 20 GiB took before.
