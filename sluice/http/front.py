@@ -11,7 +11,6 @@ cut off (408: `sluice.actors.ingress`), for every route alike.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from sluice.http.webhook import (
     Ingest,
     correlation_id_from,
     is_json,
+    loop_time,
     unknown_source,
     unsupported_type,
 )
@@ -171,7 +171,7 @@ class WebhookFront:
         allowed_sources: frozenset[str] | None,
     ) -> Answer:
         ingest = self.ingest
-        now = asyncio.get_running_loop().time  # as `loop_time`, bound once
+        now = loop_time
         arrived = now()
         if source is not None and source not in SOURCE_NAMES:
             return unknown_source(source)
