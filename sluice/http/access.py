@@ -5,6 +5,10 @@ unless SLUICE_METRICS_AUTH (then scope admin). The webhook (POST /webhook, /even
 /webhook/<source>) needs `ingest` and is checked by `sluice.http.front` before its body
 is read; the reports, GET /events, GET /events/<id> and the dashboard need `report`; any
 other route needs `admin`, so a route added without a rule here is never left open.
+
+Rate limits (`sluice.ratelimit`): every route but /health/* and /metrics takes a request
+token of the request's key, or of its client address when it has none (public routes do
+not look at keys); over the limit, 429 with Retry-After and RateLimit-* headers.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ if TYPE_CHECKING:
     from quart import Quart
 
     from sluice.auth import Authenticator, Decision
+    from sluice.ports import ApiKey
+    from sluice.ratelimit import Limited, RateLimiter
 
-__all__ = ["WEBHOOK_SCOPE", "install_access", "refusal", "scope_for"]
+__all__ = ["UNLIMITED", "WEBHOOK_SCOPE", "install_access", "rate_limited", "refusal", "scope_for"]
 
 WEBHOOK_SCOPE = "ingest"
 PUBLIC = frozenset(
     {"/", "/health/live", "/health/ready", "/docs", "/docs/assets/<name>", "/openapi.json"}
 )
 REPORT_RULES = frozenset({"/events", "/events/<eventId>", "/dashboard"})
+UNLIMITED = frozenset({"/health/live", "/health/ready", "/metrics"})  # never rate limited
 
 
 def scope_for(method: str, rule: str, *, metrics_auth: bool = False) -> str | None:
@@ -53,16 +60,39 @@ def refusal(decision: Decision) -> Response:
     )
 
 
-def install_access(app: Quart, auth: Authenticator, *, metrics_auth: bool) -> None:
-    """Check every request to `app`'s routes before it is served."""
+def rate_limited(limited: Limited) -> Response:
+    """The 429 answer of a request over its rate limit."""
+    return Response(
+        json_bytes({"error": limited.error}),
+        429,
+        headers=limited.headers(),
+        content_type="application/json",
+    )
+
+
+def install_access(
+    app: Quart,
+    auth: Authenticator | None,
+    *,
+    metrics_auth: bool,
+    limits: RateLimiter | None = None,
+) -> None:
+    """Check every request to `app`'s routes before it is served: its key (with `auth`),
+    then its rate limit (with `limits`)."""
 
     @app.before_request
     async def check_key() -> Response | None:
         rule = request.url_rule
         if rule is None:
             return None  # no such route: 404 (or 405) as without keys
+        key: ApiKey | None = None
         scope = scope_for(request.method, rule.rule, metrics_auth=metrics_auth)
-        if scope is None:
+        if scope is not None and auth is not None:
+            decision = await auth.check(request.headers.get("Authorization"), scope)
+            if not decision.allowed:
+                return refusal(decision)
+            key = decision.key
+        if limits is None or rule.rule in UNLIMITED:
             return None
-        decision = await auth.check(request.headers.get("Authorization"), scope)
-        return None if decision.allowed else refusal(decision)
+        limited = limits.take_request(key, request.remote_addr or "unknown")
+        return None if limited is None else rate_limited(limited)
