@@ -127,3 +127,11 @@ def test_rate_limits_against_a_running_engine(data_dir: Path) -> None:
     finally:
         running.proc.send_signal(signal.SIGTERM)
     assert finish(running) == 0, "".join(running.output)
+
+
+def test_create_refuses_a_bad_rate_before_touching_a_database(tmp_path: Path) -> None:
+    for bad in ("-1", "1.5", "many"):
+        made = keys(tmp_path / "none", "create", "--scope", "ingest", "--rate-events", bad)
+        assert made.returncode == 2, made.stdout
+        assert f"--rate-events: {bad!r}: expected a whole number >= 0 (0: no limit)" in made.stderr
+    assert not (tmp_path / "none").exists()

@@ -7,6 +7,7 @@ import timeit
 
 import pytest
 
+from sluice.config import ConfigError, load_settings
 from sluice.ports import ApiKey
 from sluice.ratelimit import Buckets, RateLimiter
 
@@ -177,3 +178,20 @@ def test_a_check_costs_about_a_microsecond() -> None:
 def test_burst_must_be_a_second_or_more() -> None:
     with pytest.raises(ValueError, match="burst"):
         Buckets("requests", burst=0)
+
+
+def test_the_profiles_limits_dev_unlimited_staging_and_prod_limited() -> None:
+    dev = load_settings({"SLUICE_ENV": "dev"})
+    assert (dev.rate_limit_requests, dev.rate_limit_events, dev.rate_limit_burst) == (0, 0, 1)
+    for env in ("staging", "prod"):
+        settings = load_settings({"SLUICE_ENV": env})
+        limits = (settings.rate_limit_requests, settings.rate_limit_events)
+        assert limits == (200, 5000) and settings.rate_limit_burst == 2, env
+    own = load_settings(
+        {"SLUICE_ENV": "prod", "SLUICE_RATE_LIMIT_REQUESTS": "0", "SLUICE_RATE_LIMIT_BURST": "5"}
+    )
+    assert (own.rate_limit_requests, own.rate_limit_burst) == (0, 5)
+    with pytest.raises(ConfigError) as bad:
+        load_settings({"SLUICE_RATE_LIMIT_EVENTS": "-1", "SLUICE_RATE_LIMIT_BURST": "0"})
+    assert "SLUICE_RATE_LIMIT_EVENTS='-1': must be a non-negative integer" in str(bad.value)
+    assert "SLUICE_RATE_LIMIT_BURST='0': must be a positive integer" in str(bad.value)
