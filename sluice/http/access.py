@@ -5,6 +5,7 @@ unless SLUICE_METRICS_AUTH (then scope admin). The webhook (POST /webhook, /even
 /webhook/<source>) needs `ingest` and is checked by `sluice.http.front` before its body
 is read; the reports, GET /events, GET /events/<id> and the dashboard need `report`; any
 other route needs `admin`, so a route added without a rule here is never left open.
+The dashboard's 401 also challenges for HTTP Basic, so a browser asks its user for the key.
 
 Rate limits (`sluice.ratelimit`): every route but /health/* and /metrics takes a request
 token of the request's key, or of its client address when it has none (public routes do
@@ -26,9 +27,18 @@ if TYPE_CHECKING:
     from sluice.ports import ApiKey
     from sluice.ratelimit import Limited, RateLimiter
 
-__all__ = ["UNLIMITED", "WEBHOOK_SCOPE", "install_access", "rate_limited", "refusal", "scope_for"]
+__all__ = [
+    "BROWSER_CHALLENGE",
+    "UNLIMITED",
+    "WEBHOOK_SCOPE",
+    "install_access",
+    "rate_limited",
+    "refusal",
+    "scope_for",
+]
 
 WEBHOOK_SCOPE = "ingest"
+BROWSER_CHALLENGE = 'Basic realm="sluice", charset="UTF-8"'
 PUBLIC = frozenset(
     {"/", "/health/live", "/health/ready", "/docs", "/docs/assets/<name>", "/openapi.json"}
 )
@@ -90,7 +100,13 @@ def install_access(
         if scope is not None and auth is not None:
             decision = await auth.check(request.headers.get("Authorization"), scope)
             if not decision.allowed:
-                return refusal(decision)
+                answer = refusal(decision)
+                if decision.status == 401 and rule.rule.startswith("/dashboard"):
+                    # A browser cannot send a Bearer token when opening a page: asked for
+                    # Basic, it prompts, and its user gives the key as the password.
+                    # One challenge per header line: browsers read only the first of a list.
+                    answer.headers.add("WWW-Authenticate", BROWSER_CHALLENGE)
+                return answer
             key = decision.key
         if limits is None or rule.rule in UNLIMITED:
             return None
