@@ -122,6 +122,11 @@ def test_rate_limits_against_a_running_engine(data_dir: Path) -> None:
             r["name"]: (r["rate_requests"], r["rate_events"]) for r in json.loads(listed.stdout)
         }
         assert rates == {"two": (2, None), "ten": (0, 10), "reader": (0, None)}
+        made = keys(
+            data_dir, "create", "--scope", "report", "--name", "five", "--rate-requests", "5"
+        )
+        assert made.returncode == 0, made.stderr
+        assert "; rate limits (requests/s,events/s) 5,-" in made.stdout
         table = keys(data_dir, "list").stdout
         assert re.search(r"\btwo\b.*\b2,-", table) and re.search(r"\bten\b.*unlimited,10", table)
     finally:
