@@ -13,8 +13,10 @@ publish fails every request in it (503), and nothing of it is counted accepted.
 Arrays share too. Each message costs nats-server two fsynced writes (the work stream
 and its history) and a delete once acked, and sluice a fetch, an ack and the keeper's
 progress signals: under full load arrays of 100 (~19 KB of events per source) sharing
-messages cost nats-server about half the CPU per event that one message per request
-does, and sluice ~15% less (bench/README.md, session 6). Only a request with SOLO_BYTES
+messages cost nats-server less than half the CPU per event that one message per
+request does, and sluice about a quarter less, which brings arrays back to their
+throughput before the history stream (bench/README.md, session 6); the price is one
+more publish of latency at full load. Only a request with SOLO_BYTES
 of events or more, a good part of a message by itself, is published at once, alone,
 without waiting for a slot.
 
