@@ -16,9 +16,9 @@ progress signals: under full load arrays of 100 (~19 KB of events per source) sh
 messages cost nats-server less than half the CPU per event that one message per
 request does, and sluice about a quarter less, which brings arrays back to their
 throughput before the history stream (bench/README.md, session 6); the price is one
-more publish of latency at full load. Only a request with SOLO_BYTES
-of events or more, a good part of a message by itself, is published at once, alone,
-without waiting for a slot.
+more publish of latency at full load. Only a request with SOLO_BYTES of events or
+more, a good part of a message by itself, is published at once, alone, without
+waiting for a slot.
 
 There is no task of its own: the requests are the publishers (leader/follower). A
 publish runs shielded from its leader's cancellation, under its own deadline, so a
