@@ -15,6 +15,8 @@ from urllib.parse import quote
 if TYPE_CHECKING:
     from pathlib import Path
 
+from sluice.config import remember_secrets
+
 from ._base import (
     _SOCKET_PATH_MAX,
     _START_TIMEOUT,
@@ -161,6 +163,7 @@ class EmbeddedPostgres(_Server):
             self._password = path.read_text().strip()
         if self._password:
             os.chmod(path, 0o600)  # an older copy may have been made with looser modes
+            remember_secrets(self._password)
             return False
         password = secrets.token_urlsafe(32)
         tmp = path.with_name(path.name + ".tmp")
@@ -172,6 +175,7 @@ class EmbeddedPostgres(_Server):
             os.chown(tmp, self._user.uid, self._user.gid)
         os.replace(tmp, path)
         self._password = password
+        remember_secrets(password)
         return True
 
     def _require_password(self, *, new_password: bool) -> None:
