@@ -42,9 +42,9 @@ HOSTILE = [
     "a\x00'; DROP TABLE events; --",
     "\\x00",
     "\\",
-    "’ OR ’1’=’1",  # unicode quotes
-    "ʼ; DROP TABLE events; --",
-    "＇ OR 1=1 --",
+    "\u2019 OR \u20191\u2019=\u20191",  # unicode quotes: right single, modifier, fullwidth
+    "\u02bc; DROP TABLE events; --",
+    "\uff07 OR 1=1 --",
     "%",
     "_",
     "%%' --",
