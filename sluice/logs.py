@@ -108,10 +108,13 @@ class TextFormatter(logging.Formatter):
 
 
 def _masked(value: Any) -> Any:
+    """`value` with its secrets masked: itself when it has none."""
     if isinstance(value, str):
         return mask_secrets(value)
-    if isinstance(value, list | tuple) and any(isinstance(item, str) for item in value):
-        return [mask_secrets(item) if isinstance(item, str) else item for item in value]
+    if isinstance(value, (list, tuple)):
+        masked = [mask_secrets(item) if isinstance(item, str) else item for item in value]
+        if masked != list(value):
+            return masked
     return value
 
 
@@ -127,9 +130,12 @@ class MaskSecrets(logging.Filter):
         except Exception:  # a bad format string: the handler reports it as usual
             return True
         record.msg, record.args = mask_secrets(message), None
-        for key, value in _fields(record).items():
-            if key != "actor":
-                setattr(record, key, _masked(value))
+        fields = vars(record)
+        for key in fields.keys() - _STANDARD:
+            value = fields[key]
+            masked = _masked(value)
+            if masked is not value:
+                fields[key] = masked
         if record.exc_info and not record.exc_text:
             record.exc_text = self._tracebacks.formatException(record.exc_info)
         if record.exc_text:
