@@ -218,12 +218,9 @@ class Settings:
         for `sluice.config.remember_secrets`, so they are masked wherever they appear."""
         found: list[str] = []
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not f.metadata["secret"] or value is None:
-                continue
-            for text in value if isinstance(value, tuple) else (value,):
-                text = str(text)
-                found += url_secrets(text) if "://" in text else [text]
+            if f.metadata["secret"]:
+                for text in _texts(getattr(self, f.name)):
+                    found += url_secrets(text) if "://" in text else [text]
         return found
 
     def masked(self) -> dict[str, str]:
@@ -237,6 +234,17 @@ class Settings:
                 value = ",".join(value)
             shown[f.metadata["env"]] = "" if value is None else str(value)
         return shown
+
+
+def _texts(value: Any) -> list[str]:
+    """The strings in a setting's value (a text, or texts in tuples and mappings)."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        value = tuple(value.values())
+    if isinstance(value, tuple | list | set | frozenset):
+        return [text for item in value for text in _texts(item)]
+    return [str(value)]
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -267,9 +275,10 @@ def load_settings_with_origins(
         try:
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            reason = str(exc) if "must" in str(exc) else f"cannot parse {raw!r}"
+            shown = repr(MASK) if f.metadata["secret"] else repr(raw)  # never echo a secret
+            reason = str(exc) if "must" in str(exc) else f"cannot parse {shown}"
             where = "" if origin == "environment" else f" (in {origin})"
-            problems.append(f"{name}={raw!r}{where}: {reason}")
+            problems.append(f"{name}={shown}{where}: {reason}")
         else:
             origins[name] = origin
 
