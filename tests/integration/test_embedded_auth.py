@@ -25,6 +25,7 @@ from sluice.edges.embedded._base import (
     _ensure_traversable,
     _pg_run_as,
 )
+from sluice.edges.embedded._postgres import run_as_server_user
 
 pytestmark = pytest.mark.integration
 
@@ -40,21 +41,10 @@ def pg_root() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _run_as_pg(argv: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+def _run_as_pg(argv: list[str], stdin: str = "") -> None:
     """Run a PostgreSQL binary as the user the embedded server runs as."""
-    user = _pg_run_as(PG_SYSTEM_USER)
-    return subprocess.run(
-        argv,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=_clean_env(LC_ALL="C", TZ="UTC"),
-        user=user.uid if user else None,
-        group=user.gid if user else None,
-        extra_groups=[] if user else None,
-        timeout=120,
-        check=True,
-    )
+    done = run_as_server_user(argv, _pg_run_as(PG_SYSTEM_USER), cwd=Path("/"), stdin=stdin)
+    assert done.returncode == 0, done.stderr
 
 
 def psql_without_password(server: EmbeddedPostgres, host: str) -> subprocess.CompletedProcess[str]:

@@ -209,9 +209,8 @@ class EmbeddedPostgres(_Server):
     def _set_password(self) -> None:
         """ALTER ROLE in single-user mode: the server is not running, nothing can connect."""
         assert self._password is not None
-        user = self._user
         statement = f"ALTER ROLE {self.user} WITH PASSWORD '{self._password}'\n"
-        res = subprocess.run(
+        res = run_as_server_user(
             [
                 str(self.bin_dir / "postgres"),
                 "--single",
@@ -225,16 +224,9 @@ class EmbeddedPostgres(_Server):
                 "password_encryption=scram-sha-256",
                 "postgres",
             ],
-            input=statement,
-            capture_output=True,
-            text=True,
+            self._user,
             cwd=self.dir,
-            env=_clean_env(TZ="UTC", LC_ALL="C"),
-            user=user.uid if user else None,
-            group=user.gid if user else None,
-            extra_groups=[] if user else None,
-            timeout=300,
-            check=False,
+            stdin=statement,
         )
         output = f"{res.stdout}\n{res.stderr}".replace(self._password, "***")
         if res.returncode != 0 or "ERROR" in output:
@@ -266,8 +258,7 @@ class EmbeddedPostgres(_Server):
         if tmp.exists():
             shutil.rmtree(tmp)  # an earlier initdb was interrupted
         log.info("initialising PostgreSQL data directory %s", self.pgdata)
-        user = self._user
-        res = subprocess.run(
+        res = run_as_server_user(
             [
                 str(self.bin_dir / "initdb"),
                 "-D",
@@ -281,16 +272,8 @@ class EmbeddedPostgres(_Server):
                 "--locale=C",
                 "--no-instructions",
             ],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
+            self._user,
             cwd=self.dir,
-            env=_clean_env(TZ="UTC", LC_ALL="C"),
-            user=user.uid if user else None,
-            group=user.gid if user else None,
-            extra_groups=[] if user else None,
-            timeout=300,
-            check=False,
         )
         if res.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -394,6 +377,26 @@ class EmbeddedPostgres(_Server):
         database = quote(self.database, safe="")
         credentials = f"{self.user}:{quote(self._password, safe='')}"
         return f"postgresql://{credentials}@{host}:{self.port}/{database}"
+
+
+def run_as_server_user(
+    argv: list[str], user: _RunAs | None, *, cwd: Path, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL program as the user the server runs as (`user`; None: ourselves),
+    with a clean environment; its output is returned, not checked."""
+    return subprocess.run(
+        argv,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=_clean_env(TZ="UTC", LC_ALL="C"),
+        user=user.uid if user else None,
+        group=user.gid if user else None,
+        extra_groups=[] if user else None,
+        timeout=300,
+        check=False,
+    )
 
 
 def _loopback(host: str) -> bool:
