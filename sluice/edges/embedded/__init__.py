@@ -11,11 +11,17 @@ event loop starts and stopped after it ends.
 
 Layout of ``data_dir``::
 
-    servers.json            URLs and pids of the last start (informational)
-    nats/nats.conf          written on every start (edits are overwritten)
+    servers.json            URLs (with credentials) and pids of the last start (0600)
+    nats/                   owner-only (0700)
+    nats/credentials.json   the user and password clients must present (0600, made once)
+    nats/nats.conf          written on every start (0600; edits are overwritten)
     nats/nats.log           server output; nats/nats.pid; nats/jetstream/ (the store)
     postgres/data/          PGDATA (initdb on first start, reused later)
     postgres/postgres.log   server output; postgres/run/ (unix socket directory)
+
+Both servers listen on loopback (127.0.0.1) unless told otherwise. nats-server requires
+the generated user and password; the URL sluice builds for itself carries them (logs show
+it masked).
 
 Ports: an explicit port must be free (else EmbeddedError); ``port=0`` means any free port;
 ``port=None`` (the default) prefers the port used last time in this data dir, then the fixed

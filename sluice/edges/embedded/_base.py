@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import psutil
 
+from sluice.config import mask_urls
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -146,10 +148,21 @@ def _read_state(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically, readable and writable by the owner only (0600):
+    these files may hold credentials."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a leftover tmp file keeps its mode through O_CREAT
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    _write_private(path, json.dumps(data, indent=2) + "\n")
 
 
 def _tail(path: Path, start: int = 0, lines: int = 40) -> str:
@@ -587,7 +600,8 @@ class _Server:
             self._after_ready()
             with contextlib.suppress(OSError):
                 _write_json(self._state_path, self._state())
-            log.info("embedded %s ready at %s (pid %d)", self.kind, self._url, proc.pid)
+            where = mask_urls(self._url)
+            log.info("embedded %s ready at %s (pid %d)", self.kind, where, proc.pid)
             return
         raise EmbeddedError(f"could not find a free port for {self.kind}")
 
