@@ -53,9 +53,10 @@ from ._base import (
     nats_binary,
     postgres_bin_dir,
 )
-from ._nats import EmbeddedNats
+from ._cluster import EmbeddedNatsCluster
+from ._nats import EmbeddedNats, NatsCredentials
 from ._postgres import EmbeddedPostgres
-from ._servers import EmbeddedServers, Watchdog
+from ._servers import EmbeddedServers, Watchdog, record_servers
 
 __all__ = [
     "DEFAULT_NATS_MONITOR_PORT",
@@ -63,9 +64,12 @@ __all__ = [
     "DEFAULT_POSTGRES_PORT",
     "EmbeddedError",
     "EmbeddedNats",
+    "EmbeddedNatsCluster",
     "EmbeddedPostgres",
     "EmbeddedServers",
+    "NatsCredentials",
     "Watchdog",
     "nats_binary",
     "postgres_bin_dir",
+    "record_servers",
 ]
