@@ -57,21 +57,15 @@ CATCH_UP_TIMEOUT = 600.0
 _POLL = 0.1
 _FIRST_SEQ = "sluice_first_seq"
 _SOURCE_HEADER = "Nats-Stream-Source"
-# What an update of an existing stream may change and logs: (field, setting).
-_TUNED = (
-    ("num_replicas", "SLUICE_STREAM_REPLICAS"),
-    ("max_age", "max age"),
-    ("max_bytes", "max bytes"),
-    ("duplicate_window", "SLUICE_DUPLICATE_WINDOW"),
-    ("discard", "discard policy"),
-)
+# The fields of a stream the settings decide that an update may change (and logs).
+_TUNED = ("num_replicas", "max_age", "max_bytes", "duplicate_window", "discard")
 
 
 def stream_changes(current: Any, wanted: Any) -> list[str]:
     """What updating a stream configured `current` to `wanted` changes, in words
     (only what the settings decide: replicas and limits)."""
     changes = []
-    for name, _ in _TUNED:
+    for name in _TUNED:
         old, new = getattr(current, name, None), getattr(wanted, name, None)
         if new is None:
             continue
@@ -87,13 +81,9 @@ def stream_changes(current: Any, wanted: Any) -> list[str]:
 
 
 def _shown(value: Any) -> str:
-    return (
-        str(value.value)
-        if hasattr(value, "value")
-        else f"{value:g}"
-        if isinstance(value, float)
-        else str(value)
-    )
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(getattr(value, "value", value))  # an enum (discard policy) by its value
 
 
 class StreamKeeper:
@@ -282,7 +272,6 @@ class StreamKeeper:
             if await self._info(config.name) is None:
                 _raise_refused(config, "create", exc)
             log.info("stream %s was just created by another process", config.name)
-            await self._update(config)
         else:
             log.info("created stream %s (%d replicas)", config.name, config.num_replicas or 1)
 

@@ -9,13 +9,16 @@ import json
 import logging
 import os
 import signal
+import stat
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
 import nats
+import psutil
 import pytest
 
 from sluice.config import Settings
@@ -164,3 +167,30 @@ async def test_replicas_a_single_server_cannot_hold_stop_start_up(
     with pytest.raises(FatalError, match="SLUICE_STREAM_REPLICAS=3 needs a NATS cluster"):
         async with JetStreamBus.connect(settings):
             pass
+
+
+@cluster_only
+def test_a_cluster_started_again_keeps_its_urls_and_its_files_are_owner_only(
+    tmp_path: Path,
+) -> None:
+    first = EmbeddedNatsCluster(tmp_path, size=3)
+    url = first.start()
+    try:
+        for node in first.nodes:
+            assert node.pid is not None
+            listening = {
+                c.laddr.ip
+                for c in psutil.Process(node.pid).net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN
+            }
+            assert listening == {"127.0.0.1"}  # clients, routes and monitoring
+            assert stat.S_IMODE(node.conf_path.stat().st_mode) == 0o600
+    finally:
+        first.stop()
+    for name in ("credentials.json", "ports.json"):
+        assert stat.S_IMODE((tmp_path / "nats-cluster" / name).stat().st_mode) == 0o600
+    again = EmbeddedNatsCluster(tmp_path, size=3)
+    try:
+        assert again.start() == url  # same ports, same password: clients' URL still good
+    finally:
+        again.stop()

@@ -52,7 +52,8 @@ class EmbeddedNatsCluster:
         self.host = host
         self.start_timeout = start_timeout
         self.credentials = NatsCredentials.load_or_create(self.dir / "credentials.json")
-        ports = self._ports(size)
+        self._ports_path = self.dir / "ports.json"
+        self._chosen = ports = self._ports(size)
         self.nodes = [
             EmbeddedNats(
                 self.dir / f"n{i + 1}",
@@ -74,8 +75,7 @@ class EmbeddedNatsCluster:
 
     def _ports(self, size: int) -> list[dict[str, int]]:
         """The ports of the last start when all are free (or ours), else new free ones."""
-        path = self.dir / "ports.json"
-        kept: Any = _read_state(path).get("nodes")
+        kept: Any = _read_state(self._ports_path).get("nodes")
         if (
             isinstance(kept, list)
             and len(kept) == size
@@ -94,7 +94,6 @@ class EmbeddedNatsCluster:
                 node[kind] = port = _any_free_port(self.host, taken)
                 taken.add(port)
             chosen.append(node)
-        _write_json(path, {"nodes": chosen})
         return chosen
 
     @property
@@ -123,6 +122,7 @@ class EmbeddedNatsCluster:
         except BaseException:
             self.stop()
             raise
+        _write_json(self._ports_path, {"nodes": self._chosen})  # the same ones next time
         log.info("embedded NATS cluster of %d nodes ready", len(self.nodes))
         return self.url
 
