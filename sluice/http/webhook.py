@@ -3,7 +3,7 @@
 202 means every accepted event is in JetStream (publish acked). A request alone, or one
 with 16 KiB of events or more, gets one envelope per source, split below the server's
 max_payload; concurrent small requests for a source share envelopes (group commit:
-`sluice.http._group_commit`).
+`sluice.group_commit`).
 
 The work is done by `Ingest.handle`, which knows nothing of the web framework; the
 routes are served by `sluice.http.front.WebhookFront`, the raw ASGI app in front of
@@ -24,8 +24,8 @@ import anyio
 
 from sluice import envelope
 from sluice.config import Settings, mask_urls
-from sluice.http._group_commit import CORRELATION_HEADER as CORRELATION_HEADER
-from sluice.http._group_commit import GroupCommit, ServiceUnavailable
+from sluice.group_commit import CORRELATION_HEADER as CORRELATION_HEADER
+from sluice.group_commit import GroupCommit, ServiceUnavailable
 from sluice.metrics import Metrics
 from sluice.ports import EventLog
 from sluice.recent import RecentIds
