@@ -101,3 +101,16 @@ def test_run_with_nats_cluster_3_replicates_the_streams(
     finally:
         running.signal(signal.SIGTERM)
         assert running.wait(timeout=60) == 0, running.output
+
+
+def test_nats_cluster_with_a_nats_url_set_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sluice.cli", "run", "--nats-cluster", "3"],
+        env=clean_env(NATS_URL="nats://127.0.0.1:1", SLUICE_DATA_DIR=str(tmp_path / "data")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "NATS_URL is set: unset it to start an embedded NATS cluster" in done.stderr
+    assert not (tmp_path / "data").exists()  # nothing started
