@@ -37,7 +37,7 @@ from sluice.inflight import EVENTS_HEADER
 from sluice.ports import LogUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from datetime import datetime
 
     from prometheus_client import Counter
@@ -147,7 +147,9 @@ class GroupCommit:
 
     `inflight`: publishes at once per source. `max_bytes`: event bytes that may wait per
     source (a request alone may be larger). `recent`: ids acked here lately. Requests
-    of `solo_bytes` or more skip the lanes: published at once, each alone.
+    of `solo_bytes` or more skip the lanes: published at once, each alone. `clock`:
+    anyio's (deadlines are on it); the asyncio edge passes the loop's own, which is the
+    same clock read for a tenth of the cost.
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class GroupCommit:
         recent: RecentIds,
         publish_timeout: float,
         solo_bytes: int = SOLO_BYTES,
+        clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         self._log = event_log
         self._metrics = metrics
@@ -167,6 +170,7 @@ class GroupCommit:
         self._max_bytes = max_bytes
         self._recent = recent
         self._solo_bytes = solo_bytes
+        self._clock = clock
         self._wait_limit = publish_timeout
         self._deadline = publish_timeout + 1.0  # the backstop of a publish (`_publish`)
         self._lanes: dict[str, _Lane] = {}
@@ -193,7 +197,7 @@ class GroupCommit:
         them may be claimed (some may still be stored: a retry is a duplicate).
         """
         if deadline is None:
-            deadline = anyio.current_time() + self._wait_limit
+            deadline = self._clock() + self._wait_limit
         recent = self._recent
         if recent.any_of([e.event_id for e in events]):
             fresh = [e for e in events if e.event_id not in recent]
@@ -212,7 +216,7 @@ class GroupCommit:
         try:
             while True:
                 if entry.leading:
-                    if not entry.done and anyio.current_time() >= deadline:
+                    if not entry.done and self._clock() >= deadline:
                         break  # too late to publish: the slot goes on (_leave)
                     entry.leading = False
                     if entry.done:  # taken by another publish meanwhile: answer now
@@ -304,7 +308,7 @@ class GroupCommit:
         this is the backstop that keeps a shielded publish from hanging a drain).
         """
         failure: Exception | None = ServiceUnavailable("publish interrupted")
-        limit = min(deadline, anyio.current_time() + self._deadline)
+        limit = min(deadline, self._clock() + self._deadline)
         try:
             pairs, parts, runs = self._pack(batch)
             chunks = envelope.encode(

@@ -11,7 +11,6 @@ cut off (408: `sluice.actors.ingress`), for every route alike.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,15 +22,20 @@ from sluice.http.webhook import (
     Ingest,
     correlation_id_from,
     is_json,
+    loop_time,
     unknown_source,
     unsupported_type,
 )
 from sluice.sources import SOURCE_NAMES
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sluice.auth import Authenticator
     from sluice.http.asgi import Receive, Scope, Send
     from sluice.http.health import Health
+    from sluice.ports import ApiKey
+    from sluice.ratelimit import Limited, RateLimiter
 
 log = logging.getLogger("sluice.webhook")
 
@@ -61,6 +65,19 @@ async def _not_allowed(method: str, send: Send) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+def _rate_limited(limited: Limited) -> Answer:
+    return Answer(429, {"error": limited.error}, limited.headers())
+
+
+def _events_taker(
+    limits: RateLimiter, key: ApiKey | None, address: str
+) -> Callable[[int], Limited | None]:
+    def take(count: int) -> Limited | None:
+        return limits.take_events(key, address, count)
+
+    return take
+
+
 def too_large(limit: int) -> Answer:
     return Answer(413, {"error": "request body too large (limit %d bytes)" % limit}, {})
 
@@ -70,16 +87,24 @@ class WebhookFront:
 
     Request latency goes to `http_request_duration_seconds` with the route as its label,
     as Quart's routes do. With `auth`, the API key is checked (scope ingest) before
-    anything else, the body included, is looked at.
+    anything else, the body included, is looked at. With `limits`, the request then
+    takes a request token of its key (or client address) and, once its body is decoded,
+    one event token per event: a 429 when they do not fit.
     """
 
     def __init__(
-        self, app: Any, ingest: Ingest, health: Health, auth: Authenticator | None = None
+        self,
+        app: Any,
+        ingest: Ingest,
+        health: Health,
+        auth: Authenticator | None = None,
+        limits: RateLimiter | None = None,
     ) -> None:
         self.app = app
         self.ingest = ingest
         self.health = health
         self.auth = auth
+        self.limits = limits
         self._limit = ingest.settings.max_body_bytes
         self._timers: dict[tuple[str, int], Any] = {}
 
@@ -134,15 +159,26 @@ class WebhookFront:
         try:
             allowed: frozenset[str] | None = None
             refused: Answer | None = None
+            key: ApiKey | None = None
             if self.auth is not None:
                 known = source if source in SOURCE_NAMES else None  # else a 404 follows
                 decision = await self.auth.check(authorization, WEBHOOK_SCOPE, known)
                 if decision.allowed:
                     allowed = decision.sources
+                    key = decision.key
                 else:
                     refused = Answer(decision.status, {"error": decision.error}, decision.headers)
+            take_events = None
+            if refused is None and (limits := self.limits) is not None:
+                client = scope.get("client")
+                address = client[0] if client else "unknown"
+                limited = limits.take_request(key, address)
+                if limited is not None:
+                    refused = _rate_limited(limited)
+                else:
+                    take_events = _events_taker(limits, key, address)
             answer = refused or await self._answer(
-                receive, content_type, length, source, correlation_id, allowed
+                receive, content_type, length, source, correlation_id, allowed, take_events
             )
         except _Disconnected:
             return
@@ -169,9 +205,10 @@ class WebhookFront:
         source: str | None,
         correlation_id: str,
         allowed_sources: frozenset[str] | None,
+        take_events: Callable[[int], Limited | None] | None = None,
     ) -> Answer:
         ingest = self.ingest
-        now = asyncio.get_running_loop().time  # anyio's clock on asyncio, for a tenth the cost
+        now = loop_time
         arrived = now()
         if source is not None and source not in SOURCE_NAMES:
             return unknown_source(source)
@@ -197,6 +234,7 @@ class WebhookFront:
             correlation_id=correlation_id,
             deadline=deadline,
             allowed_sources=allowed_sources,
+            take_events=take_events,
         )
 
     async def _read_body(self, receive: Receive) -> bytes:
@@ -233,5 +271,11 @@ def front(app: Any) -> Any:
         return app
     ingest, health = extensions.get("sluice.ingest"), extensions.get("sluice.health")
     if isinstance(ingest, Ingest) and health is not None:
-        return WebhookFront(app, ingest, health, extensions.get("sluice.auth"))
+        return WebhookFront(
+            app,
+            ingest,
+            health,
+            extensions.get("sluice.auth"),
+            extensions.get("sluice.ratelimit"),
+        )
     return app
