@@ -242,9 +242,18 @@ class JetStreamBus:
     async def ensure_stream(self) -> None:
         """Create the work stream and its history stream, or bring existing ones to the
         configured limits, migrating a work stream of limits retention (see
-        `sluice.edges.streams`). Raises LogUnavailable if JetStream refuses."""
+        `sluice.edges.streams`); then the durable consumer of every source. Raises
+        LogUnavailable if JetStream refuses.
+
+        Every role makes the consumers, ingress too, before it accepts anything: a
+        work-queue message that no consumer's filter covers leaves the stream as soon as
+        the history has copied it, so an event accepted before the first worker made its
+        source's consumer would never be written.
+        """
         try:
             await StreamKeeper(self._js, self._settings).ensure()
+            for source in self._settings.sources:
+                await self._js.add_consumer(self._settings.stream, self._consumer_config(source))
         except (nats.errors.Error, OSError) as exc:
             raise LogUnavailable(f"cannot set up the streams: {exc!r}") from exc
 
@@ -339,7 +348,18 @@ class JetStreamBus:
         """Bind to (creating or updating) the durable pull consumer for `source`."""
         s = self._settings
         durable = f"sluice-{source}"
-        config = api.ConsumerConfig(
+        try:
+            await self._js.add_consumer(s.stream, self._consumer_config(source))
+            sub = await self._js.pull_subscribe_bind(durable=durable, stream=s.stream)
+        except (nats.errors.Error, OSError) as exc:
+            raise LogUnavailable(f"cannot open consumer {durable}: {exc!r}") from exc
+        return NatsSubscription(sub, self._nc)
+
+    def _consumer_config(self, source: str) -> api.ConsumerConfig:
+        """The durable pull consumer of `source` (its replicas: the stream's)."""
+        s = self._settings
+        durable = f"sluice-{source}"
+        return api.ConsumerConfig(
             durable_name=durable,
             name=durable,
             filter_subject=s.subject(source),
@@ -351,12 +371,6 @@ class JetStreamBus:
             max_deliver=s.max_deliver,
             max_ack_pending=s.max_ack_pending,
         )
-        try:
-            await self._js.add_consumer(s.stream, config)
-            sub = await self._js.pull_subscribe_bind(durable=durable, stream=s.stream)
-        except (nats.errors.Error, OSError) as exc:
-            raise LogUnavailable(f"cannot open consumer {durable}: {exc!r}") from exc
-        return NatsSubscription(sub, self._nc)
 
     async def watch_max_deliveries(self) -> NatsMaxDeliveries:
         """Subscribe to the max-deliveries advisories of every consumer of the stream."""
