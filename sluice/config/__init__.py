@@ -1,5 +1,6 @@
 """Configuration: defaults < profile (SLUICE_ENV) < SLUICE_PROFILE_FILE < environment."""
 
+from sluice.config.masking import mask_secrets, mask_urls, remember_secrets
 from sluice.config.settings import (
     PROFILES,
     ROLES,
@@ -7,7 +8,6 @@ from sluice.config.settings import (
     Settings,
     load_settings,
     load_settings_with_origins,
-    mask_urls,
 )
 
 __all__ = [
@@ -17,5 +17,7 @@ __all__ = [
     "Settings",
     "load_settings",
     "load_settings_with_origins",
+    "mask_secrets",
     "mask_urls",
+    "remember_secrets",
 ]

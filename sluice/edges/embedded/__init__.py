@@ -17,11 +17,12 @@ Layout of ``data_dir``::
     nats/nats.conf          written on every start (0600; edits are overwritten)
     nats/nats.log           server output; nats/nats.pid; nats/jetstream/ (the store)
     postgres/data/          PGDATA (initdb on first start, reused later)
+    postgres/password       the superuser's password (mode 0600): SCRAM everywhere, no trust
     postgres/postgres.log   server output; postgres/run/ (unix socket directory)
 
-Both servers listen on loopback (127.0.0.1) unless told otherwise. nats-server requires
-the generated user and password; the URL sluice builds for itself carries them (logs show
-it masked).
+Both servers listen on loopback (127.0.0.1) and require generated credentials (nats-server
+a user and password, PostgreSQL its superuser's password); the URLs sluice builds for
+itself carry them (logs show them masked).
 
 Ports: an explicit port must be free (else EmbeddedError); ``port=0`` means any free port;
 ``port=None`` (the default) prefers the port used last time in this data dir, then the fixed
@@ -38,6 +39,9 @@ without the lock held is a leftover of a dead sluice; it is stopped (graceful, t
 and stale pid/lock files are removed. Only processes named nats-server/postgres whose command
 line (or, for postgres backends, working directory) references our own directory are ever
 signalled.
+
+PostgreSQL listens on a loopback address only; every connection, TCP or unix socket, must
+give the password (which the URL carries).
 
 Root: PostgreSQL refuses to run as root. Then the server runs as the system user
 ``sluice-pg`` (created with ``useradd --system`` when missing, ``nobody`` as a last resort);

@@ -149,15 +149,12 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically, readable and writable by the owner only (0600):
-    these files may hold credentials."""
+    """Write `path` whole, readable by its owner only (it may hold credentials)."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # a leftover tmp file keeps its mode through O_CREAT
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
     os.replace(tmp, path)
 
 
@@ -600,8 +597,7 @@ class _Server:
             self._after_ready()
             with contextlib.suppress(OSError):
                 _write_json(self._state_path, self._state())
-            where = mask_urls(self._url)
-            log.info("embedded %s ready at %s (pid %d)", self.kind, where, proc.pid)
+            log.info("embedded %s ready at %s (pid %d)", self.kind, mask_urls(self._url), proc.pid)
             return
         raise EmbeddedError(f"could not find a free port for {self.kind}")
 
