@@ -15,10 +15,10 @@ and its history) and a delete once acked, and sluice a fetch, an ack and the kee
 progress signals: under full load arrays of 100 (~19 KB of events per source) sharing
 messages cost nats-server less than half the CPU per event that one message per
 request does, and sluice about a quarter less, which brings arrays back to their
-throughput before the history stream (bench/README.md, session 6); the price is one
-more publish of latency at full load. Only a request with SOLO_BYTES of events or
-more, a good part of a message by itself, is published at once, alone, without
-waiting for a slot.
+throughput before the history stream (bench/README.md, "what the work queue + history
+cost nats-server"); the price is one more publish of latency at full load. Only a
+request with SOLO_BYTES of events or more, a good part of a message by itself, is
+published at once, alone, without waiting for a slot.
 
 There is no task of its own: the requests are the publishers (leader/follower). A
 publish runs shielded from its leader's cancellation, under its own deadline, so a
