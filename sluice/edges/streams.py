@@ -76,6 +76,8 @@ def stream_changes(current: Any, wanted: Any) -> list[str]:
             continue
         if name == "num_replicas":
             old = old or 1  # the server reports 0 or 1 for a stream on one node
+        if not old and not new:
+            continue  # 0 and none both mean unset (a mirror reports no duplicate_window)
         if isinstance(new, float) and isinstance(old, int | float):
             if abs(old - new) < 1e-3:
                 continue

@@ -82,8 +82,9 @@ class FakeJetStream:
             raise nats.js.errors.NotFoundError(code=404, err_code=10059)
         config = self.streams[name]
         sources = [SimpleNamespace(name=s.name, active=1) for s in config.sources or ()]
+        mirror = SimpleNamespace(name=config.mirror.name, active=1) if config.mirror else None
         state = SimpleNamespace(consumer_count=1, messages=0, last_seq=0)
-        return SimpleNamespace(config=config, state=state, sources=sources)
+        return SimpleNamespace(config=config, state=state, sources=sources, mirror=mirror)
 
 
 def settings(**changes: Any) -> Settings:
