@@ -8,6 +8,8 @@ defaults < profile < SLUICE_PROFILE_FILE < environment.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import os
 import re
@@ -111,6 +113,35 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+WEBHOOK_SECRET_PREFIX = "whsec_"
+
+
+def is_webhook_secret(text: str) -> bool:
+    """Is `text` a Standard Webhooks secret: whsec_ and non-empty base64?"""
+    body = text.removeprefix(WEBHOOK_SECRET_PREFIX)
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except binascii.Error:
+        return False
+    return body != text and bool(key)
+
+
+def _webhook_secrets(text: str) -> tuple[tuple[str, str], ...]:
+    """`source=whsec_<base64>` entries, whitespace- or comma-separated, in order.
+
+    Errors name the entry by its source (or position), never by its secret."""
+    entries: list[tuple[str, str]] = []
+    for n, entry in enumerate(text.replace(",", " ").split(), 1):
+        source, sep, secret = entry.partition("=")
+        source = source.strip()
+        if not sep or not source or not re.fullmatch(r"[a-z0-9_-]+", source):
+            raise ValueError(f"must be source=whsec_... entries (entry {n} is not)")
+        if not is_webhook_secret(secret):
+            raise ValueError(f"must hold whsec_<base64> secrets (the one for {source!r} does not)")
+        entries.append((source, secret))
+    return tuple(entries)
+
+
 def _env(name: str, parse: Callable[[str], Any], default: Any, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"env": name, "parse": parse, "secret": secret})
 
@@ -201,6 +232,12 @@ class Settings:
     # Verified keys are cached this long per process: a revocation takes effect within it.
     key_cache_ttl: float = _env("SLUICE_KEY_CACHE_TTL", _positive_float, 30.0)
     metrics_auth: bool = _env("SLUICE_METRICS_AUTH", _flag, False)  # /metrics: scope admin
+    # Signed webhooks (README "Security"): `source=whsec_...` entries; a source with a
+    # secret takes only requests signed with it (Standard Webhooks). A source listed
+    # twice takes either secret: a rotation.
+    webhook_secrets: tuple[tuple[str, str], ...] = _env(
+        "SLUICE_WEBHOOK_SECRETS", _webhook_secrets, (), secret=True
+    )
 
     drain_timeout: float = _env("SLUICE_DRAIN_TIMEOUT", _positive_float, 30.0)
     metrics_interval: float = _env("SLUICE_METRICS_INTERVAL", _positive_float, 5.0)
@@ -217,7 +254,9 @@ class Settings:
         shown: dict[str, str] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.metadata["secret"] and value is not None:
+            if f.metadata["secret"] and f.name == "webhook_secrets":
+                value = tuple(f"{source}={WEBHOOK_SECRET_PREFIX}***" for source, _ in value)
+            elif f.metadata["secret"] and value is not None:
                 value = _mask_url(str(value)) if "://" in str(value) else "***"
             if isinstance(value, tuple):
                 value = ",".join(value)
@@ -292,9 +331,12 @@ def load_settings_with_origins(
         try:
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            reason = str(exc) if "must" in str(exc) else f"cannot parse {raw!r}"
+            shown = repr(raw)
+            if f.metadata["secret"]:  # never a secret in an error
+                shown = repr(_mask_url(raw)) if "://" in raw else "***"
+            reason = str(exc) if "must" in str(exc) else f"cannot parse {shown}"
             where = "" if origin == "environment" else f" (in {origin})"
-            problems.append(f"{name}={raw!r}{where}: {reason}")
+            problems.append(f"{name}={shown}{where}: {reason}")
         else:
             origins[name] = origin
 
@@ -374,4 +416,10 @@ def _consistency(settings: Settings) -> list[str]:
             f"SLUICE_FLUSH_INTERVAL={settings.flush_interval:g}: must be below "
             f"SLUICE_ACK_WAIT={settings.ack_wait:g}"
         )
+    for source in dict(settings.webhook_secrets):
+        if source not in settings.sources:
+            problems.append(
+                f"SLUICE_WEBHOOK_SECRETS: unknown source {source!r}; expected one of "
+                + ", ".join(settings.sources)
+            )
     return problems

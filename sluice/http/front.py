@@ -26,6 +26,7 @@ from sluice.http.webhook import (
     unknown_source,
     unsupported_type,
 )
+from sluice.signing import HEADERS
 from sluice.sources import SOURCE_NAMES
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ log = logging.getLogger("sluice.webhook")
 _PLAIN_ROUTES = {"/webhook": "/webhook", "/events": "/events"}
 _SOURCE_PREFIX = "/webhook/"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_SIGNED_HEADERS = {name.encode(): at for at, name in enumerate(HEADERS)}
 
 
 class _Disconnected(Exception):
@@ -74,7 +76,8 @@ class WebhookFront:
 
     Request latency goes to `http_request_duration_seconds` with the route as its label,
     as Quart's routes do. With `auth`, the API key is checked (scope ingest) before
-    anything else, the body included, is looked at.
+    anything else, the body included, is looked at. With webhook secrets (the ingest's
+    `signatures`), the signature is checked once the body is read, before validation.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class WebhookFront:
     ) -> None:
         started = time.perf_counter()
         content_type = length = cid = authorization = None
+        signed: list[str | None] = [None, None, None]  # webhook-id, -timestamp, -signature
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value.decode("latin-1")
@@ -135,6 +139,10 @@ class WebhookFront:
                 cid = value.decode("latin-1")
             elif name == b"authorization":
                 authorization = value.decode("latin-1")
+            elif name.startswith(b"webhook-"):
+                at = _SIGNED_HEADERS.get(name)
+                if at is not None:
+                    signed[at] = value.decode("latin-1")
         correlation_id = correlation_id_from(cid)
         try:
             allowed: frozenset[str] | None = None
@@ -147,7 +155,7 @@ class WebhookFront:
                 else:
                     refused = Answer(decision.status, {"error": decision.error}, decision.headers)
             answer = refused or await self._answer(
-                receive, content_type, length, source, correlation_id, allowed
+                receive, content_type, length, source, correlation_id, allowed, signed
             )
         except _Disconnected:
             return
@@ -174,6 +182,7 @@ class WebhookFront:
         source: str | None,
         correlation_id: str,
         allowed_sources: frozenset[str] | None,
+        signed: list[str | None],
     ) -> Answer:
         ingest = self.ingest
         arrived = anyio.current_time()
@@ -198,6 +207,12 @@ class WebhookFront:
                 {"error": f"request body not received within {self._body_timeout:g} s"},
                 {"Connection": "close"},
             )
+        unsigned: frozenset[str] | None = None
+        if ingest.signatures is not None:
+            verdict = ingest.signatures.check(source, body, *signed)
+            if verdict.error is not None:
+                return Answer(401, {"error": verdict.error}, {})
+            unsigned = verdict.unsigned
         # Answered within the publish timeout of the request's arrival, not counting the
         # time the client took to send its body.
         deadline = arrived + ingest.settings.publish_timeout + (anyio.current_time() - reading)
@@ -207,6 +222,7 @@ class WebhookFront:
             correlation_id=correlation_id,
             deadline=deadline,
             allowed_sources=allowed_sources,
+            unsigned_sources=unsigned,
         )
 
     async def _read_body(self, receive: Receive) -> bytes:
