@@ -4,8 +4,13 @@ A source with a secret (SLUICE_WEBHOOK_SECRETS) takes only requests that carry
 `webhook-id`, `webhook-timestamp` and `webhook-signature`, where the signature is
 HMAC-SHA256 over `id.timestamp.body` with one of that source's secrets (two at once
 during a rotation) and the timestamp is within TOLERANCE seconds of now, either way.
-The scheme (signing, the constant-time comparison) is the `standardwebhooks` package's:
-this module builds its verifiers once, at start-up, and names what is wrong.
+The signature itself (`v1,` + base64 HMAC-SHA256 of `id.timestamp.body`, keyed with the
+decoded `whsec_` secret) is made by the `standardwebhooks` package's `Webhook.sign`, one
+`Webhook` per secret built once at start-up; this module checks the headers and the
+timestamp (naming what is wrong) and compares each signature sent with the expected one
+in constant time (`hmac.compare_digest`). That is what `Webhook.verify` does, at about
+twice the CPU per request (it parses the headers and the timestamp again, through
+datetime): bench/README.md, "Auth and signature cost".
 
 A replayed request within the tolerance passes here; the events' ids decide whether it
 stores anything (it does not: its events are counted as duplicates).
@@ -13,6 +18,7 @@ stores anything (it does not: its events are counted as duplicates).
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import time
 import uuid
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from standardwebhooks import Webhook, WebhookVerificationError
+from standardwebhooks import Webhook
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -91,62 +97,60 @@ class WebhookSignatures:
             verifiers = self._by_source.get(route_source)
             if verifiers is None:
                 return _PASS  # a source without a secret is unaffected
-            error = self._headers_problem(msg_id, timestamp, signature, route_source)
-            if error is None:
-                headers = _as_dict(msg_id, timestamp, signature)
-                if not any(_verifies(wh, body, headers) for wh in verifiers):
-                    error = f"no webhook-signature matches a {route_source} webhook secret"
-            return Verdict(error) if error else _PASS
+            sent = self._sent(msg_id, timestamp, signature, route_source)
+            if isinstance(sent, str):
+                return Verdict(sent)
+            assert msg_id is not None and signature is not None
+            signatures = signature.encode().split(b" ")
+            for wh in verifiers:
+                if _signed_by(wh, msg_id, sent, body, signatures):
+                    return _PASS
+            return Verdict(f"no webhook-signature matches a {route_source} webhook secret")
         if msg_id is None and timestamp is None and signature is None:
             return Verdict(unsigned=self.sources) if self.sources else _PASS
-        error = self._headers_problem(msg_id, timestamp, signature, None)
-        if error is not None:
-            return Verdict(error)
-        headers = _as_dict(msg_id, timestamp, signature)
+        sent = self._sent(msg_id, timestamp, signature, None)
+        if isinstance(sent, str):
+            return Verdict(sent)
+        assert msg_id is not None and signature is not None
+        signatures = signature.encode().split(b" ")
         signed: frozenset[str] = frozenset()
         for wh, sources in self._every:
-            if _verifies(wh, body, headers):
+            if _signed_by(wh, msg_id, sent, body, signatures):
                 signed |= sources
         if not signed:
             return Verdict("no webhook-signature matches a configured webhook secret")
         unsigned = self.sources - signed
         return Verdict(unsigned=unsigned) if unsigned else _PASS
 
-    def _headers_problem(
+    def _sent(
         self, msg_id: str | None, timestamp: str | None, signature: str | None, source: str | None
-    ) -> str | None:
-        missing = [
-            name
-            for name, value in zip(HEADERS, (msg_id, timestamp, signature), strict=True)
-            if not value
-        ]
-        if missing:
+    ) -> datetime | str:
+        """When the request was signed, or what is wrong with its headers."""
+        if not (msg_id and timestamp and signature):
+            missing = [
+                name
+                for name, value in zip(HEADERS, (msg_id, timestamp, signature), strict=True)
+                if not value
+            ]
             whose = f"the {source} webhook takes" if source else "a signed request needs"
             return f"missing {', '.join(missing)}: {whose} Standard Webhooks signature headers"
-        assert timestamp is not None
-        try:
-            sent = int(timestamp)
-        except ValueError:
+        if not (timestamp.isascii() and timestamp.isdigit()):
             return "webhook-timestamp must be a Unix time in whole seconds"
+        sent = int(timestamp)
         now = self._clock()
         if sent < now - TOLERANCE:
             return f"webhook-timestamp too old (more than {TOLERANCE} s before the server's clock)"
         if sent > now + TOLERANCE:
             return f"webhook-timestamp too new (more than {TOLERANCE} s after the server's clock)"
-        return None
+        return datetime.fromtimestamp(sent, UTC)
 
 
-def _as_dict(msg_id: str | None, timestamp: str | None, signature: str | None) -> dict[str, str]:
-    assert msg_id is not None and timestamp is not None and signature is not None
-    return {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": signature}
-
-
-def _verifies(wh: Webhook, body: bytes, headers: dict[str, str]) -> bool:
-    try:
-        wh.verify(body, headers, json_parse=False)
-    except WebhookVerificationError:
-        return False
-    return True
+def _signed_by(
+    wh: Webhook, msg_id: str, sent: datetime, body: bytes, signatures: list[bytes]
+) -> bool:
+    """Is one of `signatures` (as sent, `v1,<base64>`) the one `wh`'s secret makes?"""
+    expected = wh.sign(msg_id, sent, body).encode()
+    return any(hmac.compare_digest(expected, signature) for signature in signatures)
 
 
 # A random per-process prefix and a counter: a fresh webhook-id per request, unique

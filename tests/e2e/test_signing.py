@@ -153,6 +153,7 @@ def test_signed_webhooks_against_a_running_engine(data_dir: Path) -> None:
         running.proc.send_signal(signal.SIGTERM)
     assert finish(running) == 0, "".join(running.output)
     output = "".join(running.output)
+    assert "signed:   facebook, tiktok (SLUICE_WEBHOOK_SECRETS" in output
     for secret in (OLD, NEW, TIKTOK):
         assert secret.removeprefix("whsec_") not in output  # never logged
 
