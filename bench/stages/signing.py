@@ -13,7 +13,14 @@ Cases:
 - `sign-rotation`: /webhook/facebook with two secrets, signed with the second one;
 - `publisher-sign`: what `sluice publish --sign-secret` spends signing one request.
 
+`--front` measures whole requests instead: single-event POST /webhook requests through
+`WebhookFront` in-process (the ASGI app `http_server.py` serves, same event log that
+acks at once, no HTTP server or sockets), plain / `+key` / `+key+sign` as in
+`http_server.py`; the difference is what auth and signatures add to a request, with much
+less noise than the whole-server figure on a shared machine.
+
     .venv/bin/python bench/stages/signing.py               # 3 rounds of 20,000 calls
+    .venv/bin/python bench/stages/signing.py --front --rounds 5
 """
 
 from __future__ import annotations
@@ -112,12 +119,95 @@ def run(rounds: int = 3, calls: int = 20_000) -> dict[str, Any]:
     }
 
 
+FRONT_VARIANTS = ("ingress", "ingress+key", "ingress+key+sign")
+
+
+def _front_requests(n: int, options: set[str]) -> list[tuple[list[tuple[bytes, bytes]], bytes]]:
+    from bench.stages.http_server import BENCH_KEY, BENCH_WEBHOOK_SECRET
+
+    maker = BodyMaker(seed=3)
+    signer = Signer([BENCH_WEBHOOK_SECRET])
+    out = []
+    for _ in range(n):
+        body = maker.make(1, bare=True).body
+        headers = [
+            (b"host", b"bench"),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+        ]
+        if "key" in options:
+            headers.append((b"authorization", b"Bearer " + BENCH_KEY.encode()))
+        if "sign" in options:
+            signed = signer.headers(signer.new_id(), body)
+            headers.extend((k.encode(), v.encode()) for k, v in signed.items())
+        out.append((headers, body))
+    return out
+
+
+async def _front(variant: str, n: int, warm_up: int = 500) -> float:
+    """CPU-us per request of `n` single-event POST /webhook through WebhookFront."""
+    from bench.stages.http_server import _app
+    from sluice.http.front import front
+
+    options = set(variant.split("+")[1:])
+    app = front(_app(options))
+    requests = _front_requests(n + warm_up, options)
+
+    async def one(headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        scope = {"type": "http", "path": "/webhook", "method": "POST", "headers": headers}
+        statuses = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope, receive, send)
+        if statuses != [202]:
+            raise RuntimeError(f"{variant}: answered {statuses}")
+
+    for headers, body in requests[:warm_up]:
+        await one(headers, body)
+    started = time.process_time()
+    for headers, body in requests[warm_up:]:
+        await one(headers, body)
+    return (time.process_time() - started) / n * 1e6
+
+
+def run_front(rounds: int = 5, requests: int = 10_000) -> dict[str, Any]:
+    import asyncio
+
+    runs: dict[str, list[float]] = {name: [] for name in FRONT_VARIANTS}
+    for r in range(rounds):
+        order = FRONT_VARIANTS if r % 2 == 0 else tuple(reversed(FRONT_VARIANTS))
+        for name in order:
+            runs[name].append(round(asyncio.run(_front(name, requests)), 1))
+    base = statistics.median(runs[FRONT_VARIANTS[0]])
+    return {
+        "requests": requests,
+        "rounds": rounds,
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+        "cpu_us_per_request": {
+            name: {
+                "median": statistics.median(values),
+                "runs": values,
+                "added_us": round(statistics.median(values) - base, 1),
+            }
+            for name, values in runs.items()
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--front", action="store_true", help="whole requests through the front")
     args = parser.parse_args()
-    print(json.dumps(run(args.rounds, args.calls), indent=2))
+    result = run_front(args.rounds, args.calls // 2) if args.front else run(args.rounds, args.calls)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
