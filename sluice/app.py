@@ -195,6 +195,7 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
                     max_body_bytes=settings.max_body_bytes_in_flight,
                     body_limit=settings.max_body_bytes,
                     retry_after=settings.retry_after_seconds,
+                    body_timeout=settings.body_timeout,
                 ),
                 name=http_name,
             )

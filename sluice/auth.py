@@ -1,8 +1,10 @@
 """API keys: their format, their keyed hash, scopes, and the check each request gets.
 
 A key is `slk_` + 32 random bytes (urlsafe base64, no padding), sent as
-`Authorization: Bearer <key>`. The store holds only HMAC-SHA256(server secret, key), so
-a stolen table gives no key, and checking one costs one HMAC. The server secret is
+`Authorization: Bearer <key>` (or as the password of HTTP Basic authentication, which is
+what a browser can send when it opens the dashboard). The store holds only
+HMAC-SHA256(server secret, key), so a stolen table gives no key, and checking one costs
+one HMAC. The server secret is
 SLUICE_KEY_SECRET, else `<SLUICE_DATA_DIR>/key.secret` (made on first use, owner-only).
 
 `Authenticator.check` answers allow / 401 / 403 (503 when a key cannot be looked up)
@@ -37,6 +39,7 @@ __all__ = [
     "Authenticator",
     "Decision",
     "hash_key",
+    "key_from",
     "load_secret",
     "new_key",
 ]
@@ -105,6 +108,29 @@ ANONYMOUS = Decision(200)
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 MISSING = Decision(401, "missing API key: send Authorization: Bearer <key>", _CHALLENGE)
 MALFORMED = Decision(401, "malformed Authorization header: expected Bearer <key>", _CHALLENGE)
+
+
+def key_from(authorization: str) -> str | None:
+    """The key in an `Authorization` header value: `Bearer <key>`, or HTTP Basic with the
+    key as the password or the user name (what a browser can send: the dashboard); None
+    when the value is neither."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    credentials = credentials.strip()
+    if not credentials:
+        return None
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return credentials
+    if scheme != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, _, password = decoded.partition(":")
+    return password or user or None
+
+
 UNKNOWN = Decision(401, "unknown or revoked API key", _CHALLENGE)
 
 
@@ -147,10 +173,9 @@ class Authenticator:
         events of `source`, when given)? Never raises for the store: 503 instead."""
         if authorization is None:
             return MISSING if self.required else ANONYMOUS
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = key_from(authorization)
+        if key is None:
             return MALFORMED
-        key = key.strip()
         if not key.startswith(KEY_PREFIX):
             return UNKNOWN
         if self._secret is None:

@@ -43,6 +43,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -308,6 +309,21 @@ def _run_client(
     return result
 
 
+# SLUICE_BENCH_PROFILE=DIR: py-spy (on PATH) samples each server while it is measured and
+# writes DIR/<server>-<seed>.txt (raw collapsed stacks); its own CPU is not counted.
+PROFILE_DIR = os.environ.get("SLUICE_BENCH_PROFILE")
+
+
+def _profile(pid: int, name: str, seed: int) -> subprocess.Popen[bytes]:
+    assert PROFILE_DIR is not None
+    out = Path(PROFILE_DIR) / f"{name}-{seed}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = ["py-spy", "record", "--pid", str(pid), "-r", "400", "-f", "raw", "-o", str(out)]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches before the load starts
+    return spy
+
+
 def measure(name: str, requests: int, connections: int, seed: int) -> dict[str, Any]:
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", name],
@@ -324,9 +340,13 @@ def measure(name: str, requests: int, connections: int, seed: int) -> dict[str, 
         port = int(line.split()[1])
         ps = psutil.Process(proc.pid)
         _run_client(port, min(2000, requests), connections, seed + 1, name)  # warm-up
+        spy = _profile(proc.pid, name, seed) if PROFILE_DIR else None
         before = _cpu(ps)
         result = _run_client(port, requests, connections, seed, name)
         used = _cpu(ps) - before
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=30)
         bad = {k: v for k, v in result["counts"].items() if k != "202"}
         if bad or sum(result["counts"].values()) != requests:
             raise RuntimeError(f"{name}: unexpected answers {result['counts']}")

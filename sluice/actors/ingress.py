@@ -62,13 +62,20 @@ class Admission:
     `max_requests`: requests being served (the ALWAYS_SERVED paths are not counted:
     an orchestrator must see a busy process as alive). `max_body_bytes`: what the
     bodies of those requests may add up to, from their Content-Length (a chunked body
-    counts as `body_limit`, the most it may be).
+    counts as `body_limit`, the most it may be). `body_timeout`: seconds a request's
+    body may take to arrive, from the app's first wait for it (then 408 and a close).
     """
 
     max_requests: int = 1024
     max_body_bytes: int = 256 * 1024 * 1024
     body_limit: int = 16 * 1024 * 1024
     retry_after: int = 1
+    body_timeout: float = 30.0
+
+    @property
+    def body_check_interval(self) -> float:
+        """How often bodies still arriving are checked against `body_timeout`."""
+        return min(1.0, self.body_timeout / 4)
 
 
 def _head(scope: Scope, body_limit: int) -> tuple[int, int]:
@@ -107,8 +114,16 @@ class LifespanFailed(RuntimeError):
 
 class _Served:
     """The app as Hypercorn serves it: admits requests (head size, `Admission`), notes
-    how its lifespan startup went, and keeps the tasks of the requests in flight so a
-    forced stop can cancel them."""
+    how its lifespan startup went, keeps the tasks of the requests in flight so a forced
+    stop can cancel them, and cuts off bodies that arrive too slowly.
+
+    A body's timeout is one timer for all requests (`cut_slow_bodies`, called every
+    `Admission.body_check_interval`) rather than a cancel scope per request: most bodies
+    are already there when the app asks for them, and a scope costs ~3% of a small
+    request's CPU. A task waiting for body bytes past its time is cancelled; its wait
+    answers 408 (with a close) and gives the app `http.disconnect`, as if the client had
+    gone.
+    """
 
     def __init__(self, app: Any, admission: Admission) -> None:
         self.app = app
@@ -119,6 +134,8 @@ class _Served:
         self._requests: set[asyncio.Task[Any]] = set()
         self._counted = 0  # requests being served, but for ALWAYS_SERVED ones
         self._cancelled = False
+        self._receiving: dict[asyncio.Task[Any], float] = {}  # waiting for body bytes: until
+        self._cut: set[asyncio.Task[Any]] = set()  # cancelled by cut_slow_bodies
 
     async def __call__(
         self,
@@ -155,12 +172,61 @@ class _Served:
             task.cancel()
         self._requests.add(task)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, self._timed(receive, send), send)
         finally:
             self._requests.discard(task)
             if counted:
                 self._counted -= 1
                 self._body_bytes -= body
+
+    def _timed(self, receive: Receive, send: Send) -> Receive:
+        """`receive`, cut off `body_timeout` after the app first waits in it, until the
+        body is whole (Quart goes on waiting in it for a disconnect: that is not timed)."""
+        receiving, cut = self._receiving, self._cut
+        timeout = self._admission.body_timeout
+        until: float | None = None
+        whole = False
+
+        async def timed_receive() -> Message:
+            nonlocal until, whole
+            if whole:
+                return await receive()
+            # The task that waits: Quart reads bodies in a task of its own.
+            task = asyncio.current_task()
+            assert task is not None
+            if until is None:
+                until = asyncio.get_running_loop().time() + timeout
+            receiving[task] = until
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                if task not in cut:
+                    raise
+                cut.discard(task)
+                if task.uncancel():
+                    raise  # cancelled for another reason as well
+                whole = True
+                error = f"request body not received within {timeout:g} s"
+                await _refuse(send, 408, error, [(b"connection", b"close")])
+                return {"type": "http.disconnect"}
+            finally:
+                del receiving[task]
+            if not message.get("more_body", False):
+                whole = True
+            return message
+
+        return timed_receive
+
+    def cut_slow_bodies(self) -> None:
+        """Cancel the waits for body bytes that have run past their time."""
+        if not self._receiving:
+            return
+        now = asyncio.get_running_loop().time()
+        for task, until in list(self._receiving.items()):
+            if until <= now and task not in self._cut:
+                log.info("request body not received in time: answered 408")
+                self._cut.add(task)
+                task.cancel()
 
     def _busy(self, body: int) -> str | None:
         """Why a request cannot be taken now (None: it is admitted and counted)."""
@@ -287,7 +353,14 @@ class Ingress(Actor):
         handed = sock.detach()
         config = self._config(handed)
         failure: BaseException | None = None
+        checking_bodies = anyio.CancelScope()
         async with anyio.create_task_group() as tg:
+
+            async def check_bodies() -> None:
+                with checking_bodies:
+                    while True:
+                        await anyio.sleep(self._admission.body_check_interval)
+                        served.cut_slow_bodies()
 
             async def serve_until_triggered() -> None:
                 nonlocal failure
@@ -298,12 +371,14 @@ class Ingress(Actor):
                 except Exception as exc:
                     failure = exc
                 finally:
+                    checking_bodies.cancel()
                     _close_if_unserved(handed, socket_inode)
                     self._served_out.set()
                     served.lifespan_done.set()
                     self._wake.set()
 
             tg.start_soon(serve_until_triggered)
+            tg.start_soon(check_bodies)
             await served.lifespan_done.wait()
             if served.lifespan_failure is None and not self._served_out.is_set():
                 log.info("listening on http://%s:%d", host, port)

@@ -5,6 +5,7 @@ unless SLUICE_METRICS_AUTH (then scope admin). The webhook (POST /webhook, /even
 /webhook/<source>) needs `ingest` and is checked by `sluice.http.front` before its body
 is read; the reports, GET /events, GET /events/<id> and the dashboard need `report`; any
 other route needs `admin`, so a route added without a rule here is never left open.
+The dashboard's 401 also challenges for HTTP Basic, so a browser asks its user for the key.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ if TYPE_CHECKING:
 
     from sluice.auth import Authenticator, Decision
 
-__all__ = ["WEBHOOK_SCOPE", "install_access", "refusal", "scope_for"]
+__all__ = ["BROWSER_CHALLENGE", "WEBHOOK_SCOPE", "install_access", "refusal", "scope_for"]
 
 WEBHOOK_SCOPE = "ingest"
+BROWSER_CHALLENGE = 'Basic realm="sluice", charset="UTF-8"'
 PUBLIC = frozenset(
     {"/", "/health/live", "/health/ready", "/docs", "/docs/assets/<name>", "/openapi.json"}
 )
@@ -65,4 +67,12 @@ def install_access(app: Quart, auth: Authenticator, *, metrics_auth: bool) -> No
         if scope is None:
             return None
         decision = await auth.check(request.headers.get("Authorization"), scope)
-        return None if decision.allowed else refusal(decision)
+        if decision.allowed:
+            return None
+        answer = refusal(decision)
+        if decision.status == 401 and rule.rule.startswith("/dashboard"):
+            # A browser cannot send a Bearer token when opening a page: asked for Basic,
+            # it prompts, and its user gives the key as the password.
+            # One challenge per header line: browsers read only the first of a list.
+            answer.headers.add("WWW-Authenticate", BROWSER_CHALLENGE)
+        return answer

@@ -8,6 +8,7 @@ failed report shows on its panel, keyboard and 375 px use, and the README's scre
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -23,7 +24,10 @@ import httpx
 import pytest
 
 from sluice.app import Engine, open_engine
+from sluice.auth import hash_key, new_key
 from sluice.config import Settings
+from sluice.edges.keys import PgKeyStore
+from sluice.edges.store import PgEventStore
 from tests.factories import engine_settings, make_events, override
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -424,3 +428,62 @@ async def test_the_dashboard_is_usable_by_keyboard_and_at_375_px(engine: Engine)
             assert dash.console_errors == []
         finally:
             await browser.close()
+
+
+async def test_where_keys_are_required_a_browser_opens_it_with_a_report_key(
+    settings: Settings,
+) -> None:
+    """Profile staging/prod: the page asks for the key the way a browser can be asked
+    (HTTP Basic, the key as the password), and its report requests carry it."""
+    executable = chromium_path()
+    from playwright.async_api import async_playwright
+
+    assert settings.database_url is not None
+    secret = "dashboard-test-secret"
+    required = dataclasses.replace(settings, auth="required", key_secret=secret)
+    report_key, ingest_key = new_key(), new_key()
+    async with PgEventStore.open(settings.database_url, migrate=True):
+        pass
+    async with PgKeyStore.open(settings.database_url) as keys:
+        for key, scope in ((report_key, "report"), (ingest_key, "ingest")):
+            await keys.create(
+                hash_key(secret.encode(), key), name=scope, scopes=[scope], sources=None
+            )
+
+    async with open_engine(required) as engine:
+        events = make_events(30, seed=5)
+        async with httpx.AsyncClient(base_url=engine.http_url, timeout=30) as api:
+            refused = await api.get("/dashboard")
+            assert refused.status_code == 401
+            assert "Basic" in refused.headers["www-authenticate"]
+            ingest = {"Authorization": f"Bearer {ingest_key}"}
+            assert (await api.post("/webhook", json=events, headers=ingest)).status_code == 202
+            reader = httpx.AsyncClient(
+                base_url=engine.http_url,
+                timeout=30,
+                headers={"Authorization": f"Bearer {report_key}"},
+            )
+            async with reader:
+                await stored(reader, len(events))
+
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=executable, headless=True, args=CHROMIUM_FLAGS
+            )
+            try:
+                for password, status in ((ingest_key, 403), (report_key, 200)):
+                    context = await browser.new_context(
+                        http_credentials={"username": "", "password": password}
+                    )
+                    page = await context.new_page()
+                    answer = await page.goto(f"{engine.http_url}/dashboard")
+                    assert answer is not None and answer.status == status
+                    if status == 200:
+                        dash = Page(page, engine.http_url)
+                        await dash.refreshed(1)
+                        assert await dash.total("events") == fmt_int(len(events))
+                        for panel in PANELS:
+                            assert await dash.state(panel) == "ready", panel
+                    await context.close()
+            finally:
+                await browser.close()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from sluice.auth import KEY_PREFIX, Authenticator, hash_key, load_secret, new_key
+from sluice.auth import KEY_PREFIX, Authenticator, hash_key, key_from, load_secret, new_key
 from tests.fakes import FakeKeyStore
 
 if TYPE_CHECKING:
@@ -81,7 +81,22 @@ async def test_optional_serves_a_request_without_a_key(clock: Clock) -> None:
     assert decision.allowed and decision.key is None and decision.sources is None
 
 
-@pytest.mark.parametrize("header", ["Basic dXNlcjpwdw==", "Bearer", "Bearer   ", "slk_abc"])
+def test_the_key_comes_by_bearer_or_as_either_half_of_basic_credentials() -> None:
+    def basic(text: str) -> str:
+        return "Basic " + base64.b64encode(text.encode()).decode()
+
+    assert key_from("Bearer slk_a") == "slk_a"
+    assert key_from("bearer   slk_a ") == "slk_a"
+    assert key_from(basic(":slk_a")) == "slk_a"
+    assert key_from(basic("slk_a:")) == "slk_a"
+    assert key_from(basic("analyst:slk_a")) == "slk_a"  # the password wins
+    assert key_from(basic("slk_a")) == "slk_a"  # no colon at all
+    assert key_from("Basic " + base64.b64encode(b"\xff:x").decode()) is None  # not UTF-8
+
+
+@pytest.mark.parametrize(
+    "header", ["Bearer", "Bearer   ", "slk_abc", "Basic", "Basic !!!", "Basic Og==", "Digest x"]
+)
 async def test_a_malformed_header_is_401(store: FakeKeyStore, clock: Clock, header: str) -> None:
     decision = await authenticator(store, clock, required=False).check(header, "ingest")
     assert decision.status == 401 and "Bearer" in (decision.error or "")

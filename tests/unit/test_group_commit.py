@@ -12,7 +12,7 @@ import trio.testing
 
 from sluice import envelope
 from sluice.config import Settings
-from sluice.http._group_commit import GroupCommit, Outcome, ServiceUnavailable
+from sluice.group_commit import GroupCommit, Outcome, ServiceUnavailable
 from sluice.http.webhook import Answer, Ingest
 from sluice.metrics import Metrics
 from sluice.ports import LogUnavailable
