@@ -62,6 +62,7 @@ from sluice.http.app import HttpDeps, create_app
 from sluice.http.health import Health
 from sluice.inflight import HeldMessages, HoldingSubscription
 from sluice.metrics import Metrics
+from sluice.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -158,6 +159,11 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
             ttl=settings.key_cache_ttl,
             retry_after=settings.retry_after_seconds,
         )
+        limits = RateLimiter(
+            requests=settings.rate_limit_requests,
+            events=settings.rate_limit_events,
+            burst=settings.rate_limit_burst,
+        )
 
         children: list[ChildSpec] = []
         writing: list[ChildSpec] = []
@@ -178,6 +184,7 @@ async def open_engine(settings: Settings, *, role: str | None = None) -> AsyncIt
             store=store,
             reports=reports,
             auth=auth,
+            limits=limits,
         )
         ingress_box: list[Ingress] = []
         http_name = "http" if role == "worker" else "ingress"
@@ -424,10 +431,19 @@ def _http_app(
     store: PgEventStore | None,
     reports: PgReportStore | None = None,
     auth: Authenticator | None = None,
+    limits: RateLimiter | None = None,
 ) -> Quart:
     """The Quart app of this role. `store` is None where the role has no database;
     the reports endpoints are served where `reports` is given."""
-    deps = HttpDeps(settings, metrics, health, event_log=event_log, reports=reports, auth=auth)
+    deps = HttpDeps(
+        settings,
+        metrics,
+        health,
+        event_log=event_log,
+        reports=reports,
+        auth=auth,
+        limits=limits,
+    )
     return create_app(deps)
 
 

@@ -1,6 +1,7 @@
 """`sluice keys`: create, list and revoke API keys.
 
-    sluice keys create --scope ingest [--scope report ...] [--name N] [--source S ...] [--json]
+    sluice keys create --scope ingest [--scope report ...] [--name N] [--source S ...]
+                       [--rate-requests N] [--rate-events N] [--json]
     sluice keys list [--json]
     sluice keys revoke ID|NAME
 
@@ -13,6 +14,7 @@ which the engine must share. A key is printed once, at creation: only its hash i
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import secrets
@@ -24,7 +26,6 @@ import anyio
 from sluice.auth import SCOPES, hash_key, load_secret, new_key
 
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Iterator
 
     from sluice.config import Settings
@@ -55,11 +56,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="only events of this source may be sent with it (repeatable) [all]",
     )
+    for what in ("requests", "events"):
+        create.add_argument(
+            f"--rate-{what}",
+            type=_rate,
+            default=None,
+            metavar="N",
+            help=f"this key's {what} per second (0: no limit) "
+            f"[the profile's SLUICE_RATE_LIMIT_{what.upper()}]",
+        )
     create.add_argument("--json", action="store_true", help="print one JSON object")
     listing = actions.add_parser("list", help="every key (never the key itself)")
     listing.add_argument("--json", action="store_true", help="one JSON array")
     revoke = actions.add_parser("revoke", help="revoke a key (within SLUICE_KEY_CACHE_TTL)")
     revoke.add_argument("key", metavar="ID|NAME")
+
+
+def _rate(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 0 (0: no limit)")
+    return value
 
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -135,6 +155,8 @@ async def _create(store: PgKeyStore, settings: Settings, args: argparse.Namespac
             name=args.name or f"key-{secrets.token_hex(4)}",
             scopes=sorted(set(args.scope)),
             sources=sources,
+            rate_requests=args.rate_requests,
+            rate_events=args.rate_events,
         )
     except NameTaken as exc:
         raise KeysError(str(exc)) from None
@@ -142,10 +164,21 @@ async def _create(store: PgKeyStore, settings: Settings, args: argparse.Namespac
         print(json.dumps({**_public(row), "key": key}, indent=2))
         return 0
     limited = f"; sources {', '.join(sources)}" if sources else ""
-    print(f"API key {row['id']} ({row['name']}): scopes {', '.join(row['scopes'])}{limited}")
+    own = row["rate_requests"] is not None or row["rate_events"] is not None
+    rates = f"; rate limits (requests/s,events/s) {_rates(row)}" if own else ""
+    print(f"API key {row['id']} ({row['name']}): scopes {', '.join(row['scopes'])}{limited}{rates}")
     print(key)
     print("Shown once: store it now (only its hash is kept).", file=sys.stderr)
     return 0
+
+
+def _rates(row: dict[str, Any]) -> str:
+    """`requests/s,events/s`: a number, `-` for the profile's, `unlimited` for 0."""
+
+    def one(value: int | None) -> str:
+        return "-" if value is None else "unlimited" if value == 0 else str(value)
+
+    return f"{one(row['rate_requests'])},{one(row['rate_events'])}"
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
@@ -169,15 +202,15 @@ async def _list(store: PgKeyStore, *, as_json: bool) -> int:
         return moment.strftime("%Y-%m-%d %H:%M:%S") if moment is not None else "-"
 
     print(
-        f"{'ID':>5}  {'NAME':<20} {'SCOPES':<20} {'SOURCES':<18} {'CREATED':<19}  "
-        f"{'LAST USED':<19}  REVOKED"
+        f"{'ID':>5}  {'NAME':<20} {'SCOPES':<20} {'SOURCES':<18} {'REQ/S,EVENTS/S':<20} "
+        f"{'CREATED':<19}  {'LAST USED':<19}  REVOKED"
     )
     for row in rows:
         sources = ",".join(row["sources"]) if row["sources"] is not None else "all"
         print(
             f"{row['id']:>5}  {row['name']:<20} {','.join(row['scopes']):<20} {sources:<18} "
-            f"{when(row['created_at']):<19}  {when(row['last_used_at']):<19}  "
-            f"{when(row['revoked_at'])}"
+            f"{_rates(row):<20} {when(row['created_at']):<19}  "
+            f"{when(row['last_used_at']):<19}  {when(row['revoked_at'])}"
         )
     return 0
 

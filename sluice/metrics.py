@@ -57,6 +57,12 @@ class Metrics:
         self.events_rejected = Counter(
             "events_rejected", "Events refused at the webhook", ["source", "reason"], registry=r
         )
+        self.events_rate_limited = Counter(
+            "events_rate_limited",
+            "Events refused at the webhook by a rate limit (429; nothing of the request kept)",
+            ["source"],
+            registry=r,
+        )
         self.events_processed = Counter(
             "events_processed", "Events newly stored in PostgreSQL", ["source"], registry=r
         )
@@ -182,6 +188,7 @@ class Metrics:
                 self.events_processed,
                 self.events_duplicate,
                 self.events_dead_lettered,
+                self.events_rate_limited,
             ):
                 counter.labels(source)
             self.events_failed.labels(source, "store_unavailable")

@@ -224,6 +224,9 @@ class ApiKey:
     name: str
     scopes: frozenset[str]  # of ingest, report, admin
     sources: frozenset[str] | None  # None: every source
+    # Its own rate limits, per second (None: the profile's; 0: none), for sluice.ratelimit.
+    rate_requests: int | None = None
+    rate_events: int | None = None
 
 
 class KeyStore(Protocol):

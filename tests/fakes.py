@@ -337,14 +337,22 @@ class FakeKeyStore:
     down: bool = False
     lookups: int = 0
 
-    def add(self, *scopes: str, sources: set[str] | None = None) -> str:
-        """A new key with these scopes (and sources); returns the key itself."""
+    def add(
+        self,
+        *scopes: str,
+        sources: set[str] | None = None,
+        rate_requests: int | None = None,
+        rate_events: int | None = None,
+    ) -> str:
+        """A new key with these scopes (sources, rate limits); returns the key itself."""
         key = new_key()
         api_key = ApiKey(
             len(self.keys) + 1,
             f"key-{len(self.keys) + 1}",
             frozenset(scopes),
             None if sources is None else frozenset(sources),
+            rate_requests,
+            rate_events,
         )
         self.keys[hash_key(self.secret, key)] = api_key
         return key

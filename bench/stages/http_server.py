@@ -33,6 +33,7 @@ the summary is the median per server and its ratio to the first server.
     .venv/bin/python bench/stages/http_server.py --rounds 5 --requests 30000 --connections 32
     .venv/bin/python bench/stages/http_server.py --servers hypercorn,ingress
     .venv/bin/python bench/stages/http_server.py --servers ingress,ingress+key,ingress+key+sign
+    .venv/bin/python bench/stages/http_server.py --servers ingress --instructions  # valgrind
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -397,6 +400,44 @@ def run(
     }
 
 
+def instructions(name: str, small: int, large: int, connections: int) -> dict[str, Any]:
+    """Instructions per request under valgrind's callgrind: the server's total for `large`
+    requests less its total for `small`, over the difference (start-up cancels out).
+    Counts do not depend on what else the machine runs, so a change can be measured on
+    a busy machine; callgrind runs the server ~50x slower."""
+    totals = []
+    for count in (small, large):
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch) / "callgrind.out"
+            proc = subprocess.Popen(
+                [
+                    *("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"),
+                    *(sys.executable, __file__, "--serve", name),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            assert proc.stdout is not None and proc.stdin is not None
+            line = proc.stdout.readline()
+            if not line.startswith("port "):
+                raise RuntimeError(f"{name}: did not start under callgrind ({line!r})")
+            _run_client(int(line.split()[1]), count, connections, 7, name)
+            proc.stdin.close()
+            proc.wait(timeout=900)
+            found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
+            if found is None:
+                raise RuntimeError(f"{name}: no totals in the callgrind output")
+            totals.append(int(found.group(1)))
+    return {
+        "server": name,
+        "requests": [small, large],
+        "connections": connections,
+        "instructions_per_request": round((totals[1] - totals[0]) / (large - small)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve", help=argparse.SUPPRESS)
@@ -406,12 +447,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request under valgrind (500 and 2,500 requests)",
+    )
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)
     elif args.load:
         port, requests, connections, seed = args.load
         print(json.dumps(load(port, requests, connections, seed, args.server)))
+    elif args.instructions:
+        for name in (s for s in args.servers.split(",") if s):
+            print(json.dumps(instructions(name, 500, 2500, min(args.connections, 8))), flush=True)
     else:
         servers = tuple(s for s in args.servers.split(",") if s)
         result = run(

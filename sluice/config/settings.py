@@ -232,6 +232,12 @@ class Settings:
     # Verified keys are cached this long per process: a revocation takes effect within it.
     key_cache_ttl: float = _env("SLUICE_KEY_CACHE_TTL", _positive_float, 30.0)
     metrics_auth: bool = _env("SLUICE_METRICS_AUTH", _flag, False)  # /metrics: scope admin
+    # Rate limits (README "Rate limits"), per API key, or per client address without one,
+    # in each process: requests/s and events/s (0: no limit; a key's own values override
+    # these), and the seconds of rate a bucket holds (the largest burst, and array).
+    rate_limit_requests: int = _env("SLUICE_RATE_LIMIT_REQUESTS", _non_negative_int, 0)
+    rate_limit_events: int = _env("SLUICE_RATE_LIMIT_EVENTS", _non_negative_int, 0)
+    rate_limit_burst: int = _env("SLUICE_RATE_LIMIT_BURST", _positive_int, 1)
     # Signed webhooks (README "Security"): `source=whsec_...` entries; a source with a
     # secret takes only requests signed with it (Standard Webhooks). A source listed
     # twice takes either secret: a rotation.

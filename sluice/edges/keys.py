@@ -28,17 +28,18 @@ LOOKUP_TIMEOUT = 2.0  # seconds: a request waits no longer for its key's lookup
 _USE = """
 UPDATE api_keys SET last_used_at = now()
 WHERE key_hash = $1 AND revoked_at IS NULL
-RETURNING id, name, scopes, sources
+RETURNING id, name, scopes, sources, rate_requests, rate_events
 """
 
 _CREATE = """
-INSERT INTO api_keys (name, key_hash, scopes, sources)
-VALUES ($1, $2, $3, $4)
-RETURNING id, name, scopes, sources, created_at
+INSERT INTO api_keys (name, key_hash, scopes, sources, rate_requests, rate_events)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING id, name, scopes, sources, rate_requests, rate_events, created_at
 """
 
 _LIST = """
-SELECT id, name, scopes, sources, created_at, last_used_at, revoked_at
+SELECT id, name, scopes, sources, rate_requests, rate_events, created_at, last_used_at,
+       revoked_at
 FROM api_keys ORDER BY id
 """
 
@@ -60,6 +61,8 @@ def _api_key(record: Any) -> ApiKey:
         name=record["name"],
         scopes=frozenset(record["scopes"]),
         sources=None if sources is None else frozenset(sources),
+        rate_requests=record["rate_requests"],
+        rate_events=record["rate_events"],
     )
 
 
@@ -96,8 +99,11 @@ class PgKeyStore:
         name: str,
         scopes: Sequence[str],
         sources: Sequence[str] | None,
+        rate_requests: int | None = None,
+        rate_events: int | None = None,
     ) -> dict[str, Any]:
-        """Store a new key's hash; its row (id, name, scopes, sources, created_at).
+        """Store a new key's hash; its row (id, name, scopes, sources, rate_requests,
+        rate_events, created_at). Rates per second: None the profile's, 0 no limit.
 
         Raises NameTaken, StoreUnavailable."""
         try:
@@ -109,6 +115,8 @@ class PgKeyStore:
                         key_hash,
                         list(scopes),
                         None if sources is None else list(sources),
+                        rate_requests,
+                        rate_events,
                     )
         except asyncpg.UniqueViolationError as exc:
             raise NameTaken(f"an API key named {name!r} exists already") from exc

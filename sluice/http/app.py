@@ -24,6 +24,7 @@ from sluice.http.webhook import (
 )
 from sluice.metrics import CONTENT_TYPE_LATEST, Metrics
 from sluice.ports import EventLog
+from sluice.ratelimit import RateLimiter
 from sluice.reports import ReportStore
 
 
@@ -35,6 +36,7 @@ class HttpDeps:
     event_log: EventLog | None = None  # None: this process takes no events (reports role)
     reports: ReportStore | None = None  # None: this process serves no reports
     auth: Authenticator | None = None  # None: no API keys checked at all
+    limits: RateLimiter | None = None  # None: no rate limits at all
 
 
 def create_app(deps: HttpDeps) -> Quart:
@@ -45,6 +47,8 @@ def create_app(deps: HttpDeps) -> Quart:
     app.extensions["sluice.metrics"] = deps.metrics
     if deps.auth is not None:
         app.extensions["sluice.auth"] = deps.auth
+    if deps.limits is not None:
+        app.extensions["sluice.ratelimit"] = deps.limits
     if deps.event_log is not None:
         # Served by sluice.http.front.WebhookFront, in front of this app.
         app.extensions["sluice.ingest"] = Ingest(deps.event_log, deps.settings, deps.metrics)
@@ -66,8 +70,9 @@ def create_app(deps: HttpDeps) -> Quart:
         g.started = time.perf_counter()
         g.correlation_id = correlation_id_from(request.headers.get(CORRELATION_HEADER))
 
-    if deps.auth is not None:  # after start_request: refusals are timed and correlated
-        install_access(app, deps.auth, metrics_auth=deps.settings.metrics_auth)
+    if deps.auth is not None or deps.limits is not None:
+        # after start_request: refusals are timed and correlated
+        install_access(app, deps.auth, metrics_auth=deps.settings.metrics_auth, limits=deps.limits)
 
     @app.after_request
     async def finish_request(response: Response) -> Response:

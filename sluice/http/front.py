@@ -11,7 +11,6 @@ cut off (408: `sluice.actors.ingress`), for every route alike.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from sluice.http.webhook import (
     Ingest,
     correlation_id_from,
     is_json,
+    loop_time,
     unknown_source,
     unsupported_type,
 )
@@ -30,9 +30,13 @@ from sluice.signing import HEADERS
 from sluice.sources import SOURCE_NAMES
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sluice.auth import Authenticator
     from sluice.http.asgi import Receive, Scope, Send
     from sluice.http.health import Health
+    from sluice.ports import ApiKey
+    from sluice.ratelimit import Limited, RateLimiter
 
 log = logging.getLogger("sluice.webhook")
 
@@ -63,6 +67,19 @@ async def _not_allowed(method: str, send: Send) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+def _rate_limited(limited: Limited) -> Answer:
+    return Answer(429, {"error": limited.error}, limited.headers())
+
+
+def _events_taker(
+    limits: RateLimiter, key: ApiKey | None, address: str
+) -> Callable[[int], Limited | None]:
+    def take(count: int) -> Limited | None:
+        return limits.take_events(key, address, count)
+
+    return take
+
+
 def too_large(limit: int) -> Answer:
     return Answer(413, {"error": "request body too large (limit %d bytes)" % limit}, {})
 
@@ -72,17 +89,26 @@ class WebhookFront:
 
     Request latency goes to `http_request_duration_seconds` with the route as its label,
     as Quart's routes do. With `auth`, the API key is checked (scope ingest) before
-    anything else, the body included, is looked at. With webhook secrets (the ingest's
-    `signatures`), the signature is checked once the body is read, before validation.
+    anything else, the body included, is looked at. With `limits`, the request then
+    takes a request token of its key (or client address) and, once its body is decoded,
+    one event token per event: a 429 when they do not fit. With webhook secrets (the
+    ingest's `signatures`), the signature is checked once the body is read, before
+    validation.
     """
 
     def __init__(
-        self, app: Any, ingest: Ingest, health: Health, auth: Authenticator | None = None
+        self,
+        app: Any,
+        ingest: Ingest,
+        health: Health,
+        auth: Authenticator | None = None,
+        limits: RateLimiter | None = None,
     ) -> None:
         self.app = app
         self.ingest = ingest
         self.health = health
         self.auth = auth
+        self.limits = limits
         self._limit = ingest.settings.max_body_bytes
         self._timers: dict[tuple[str, int], Any] = {}
 
@@ -142,15 +168,33 @@ class WebhookFront:
         try:
             allowed: frozenset[str] | None = None
             refused: Answer | None = None
+            key: ApiKey | None = None
             if self.auth is not None:
                 known = source if source in SOURCE_NAMES else None  # else a 404 follows
                 decision = await self.auth.check(authorization, WEBHOOK_SCOPE, known)
                 if decision.allowed:
                     allowed = decision.sources
+                    key = decision.key
                 else:
                     refused = Answer(decision.status, {"error": decision.error}, decision.headers)
+            take_events = None
+            if refused is None and (limits := self.limits) is not None:
+                client = scope.get("client")
+                address = client[0] if client else "unknown"
+                limited = limits.take_request(key, address)
+                if limited is not None:
+                    refused = _rate_limited(limited)
+                else:
+                    take_events = _events_taker(limits, key, address)
             answer = refused or await self._answer(
-                receive, content_type, length, source, correlation_id, allowed, signed
+                receive,
+                content_type,
+                length,
+                source,
+                correlation_id,
+                allowed,
+                signed,
+                take_events,
             )
         except _Disconnected:
             return
@@ -178,9 +222,10 @@ class WebhookFront:
         correlation_id: str,
         allowed_sources: frozenset[str] | None,
         signed: list[str | None],
+        take_events: Callable[[int], Limited | None] | None = None,
     ) -> Answer:
         ingest = self.ingest
-        now = asyncio.get_running_loop().time  # as `loop_time`, bound once
+        now = loop_time
         arrived = now()
         if source is not None and source not in SOURCE_NAMES:
             return unknown_source(source)
@@ -213,6 +258,7 @@ class WebhookFront:
             deadline=deadline,
             allowed_sources=allowed_sources,
             unsigned_sources=unsigned,
+            take_events=take_events,
         )
 
     async def _read_body(self, receive: Receive) -> bytes:
@@ -249,5 +295,11 @@ def front(app: Any) -> Any:
         return app
     ingest, health = extensions.get("sluice.ingest"), extensions.get("sluice.health")
     if isinstance(ingest, Ingest) and health is not None:
-        return WebhookFront(app, ingest, health, extensions.get("sluice.auth"))
+        return WebhookFront(
+            app,
+            ingest,
+            health,
+            extensions.get("sluice.auth"),
+            extensions.get("sluice.ratelimit"),
+        )
     return app

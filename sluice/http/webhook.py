@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
 
@@ -32,6 +32,11 @@ from sluice.ports import EventLog
 from sluice.recent import RecentIds
 from sluice.signing import WebhookSignatures
 from sluice.sources import SOURCE_NAMES, BadBody, Rejection, Validated, ValidEvent, validate_body
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sluice.ratelimit import Limited
 
 log = logging.getLogger("sluice.webhook")
 
@@ -111,6 +116,19 @@ class Ingest:
         """Events the webhook did not publish again: re-sent, or repeated in one body."""
         self.metrics.events_duplicate.labels(source).inc(count)
 
+    def _count_rate_limited(self, validated: Validated, route_source: str | None) -> None:
+        """The events of a refused body, by source (`unknown` where none is known)."""
+        counts = {source: len(events) for source, events in validated.by_source.items()}
+        for rejection in validated.rejected:
+            source = route_source or rejection.source or "unknown"
+            counts[source] = counts.get(source, 0) + 1
+        if validated.duplicates:  # repeated in the body: of the source they repeat
+            only = next(iter(validated.by_source)) if len(validated.by_source) == 1 else None
+            source = route_source or only or "unknown"
+            counts[source] = counts.get(source, 0) + validated.duplicates
+        for source, count in counts.items():
+            self.metrics.events_rate_limited.labels(source).inc(count)
+
     def _retry_headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.settings.retry_after_seconds)}
 
@@ -171,6 +189,7 @@ class Ingest:
         deadline: float | None = None,
         allowed_sources: frozenset[str] | None = None,
         unsigned_sources: frozenset[str] | None = None,
+        take_events: Callable[[int], Limited | None] | None = None,
     ) -> Answer:
         """Validate `body`, publish its valid events, and say what happened.
 
@@ -181,6 +200,8 @@ class Ingest:
         events of others are rejected one by one, as invalid ones are.
         `unsigned_sources` (None: none): sources with a webhook secret that the request is
         not signed with; their events are rejected one by one too.
+        `take_events` (the rate limit): takes one token per event of the body, valid or
+        not, or says why not; then the whole request is a 429 and nothing is published.
         """
         if deadline is None:
             deadline = loop_time() + self.settings.publish_timeout
@@ -188,6 +209,19 @@ class Ingest:
             validated = validate_body(body, route_source=route_source)
         except BadBody as exc:
             return Answer(400, {"error": str(exc)}, {})
+        if take_events is not None:
+            count = len(validated.rejected) + validated.duplicates
+            for events in validated.by_source.values():
+                count += len(events)
+            limited = take_events(count) if count else None
+            if limited is not None:
+                self._count_rate_limited(validated, route_source)
+                log.info(
+                    "rate limited: %d events",
+                    count,
+                    extra={"correlation_id": correlation_id, "status": 429},
+                )
+                return Answer(429, {"error": limited.error}, limited.headers())
         rejected = list(validated.rejected)
         if allowed_sources is not None and not allowed_sources.issuperset(validated.by_source):
             validated = _only_allowed(validated, allowed_sources, rejected)

@@ -69,12 +69,39 @@ class Ready(msgspec.Struct):
 _CORRELATION = {
     "description": "The request's correlation id: the one sent, or a new one. It is carried "
     "with the events into JetStream and stored on each row.",
+    "required": True,
     "schema": {"type": "string"},
 }
 _RETRY_AFTER = {
     "description": "Seconds to wait before retrying.",
+    "required": True,
     "schema": {"type": "integer"},
 }
+_ONLY_RATE_LIMITED = " Only when the rate limit refused the request."
+# draft-ietf-httpapi-ratelimit-headers: the bucket of the request's API key (or client
+# address) that refused it.
+RATE_LIMIT_HEADERS: dict[str, dict[str, Any]] = {
+    name: {"description": description + _ONLY_RATE_LIMITED, "schema": schema}
+    for name, description, schema in (
+        (
+            "RateLimit-Limit",
+            "Tokens a full bucket holds: the rate times SLUICE_RATE_LIMIT_BURST.",
+            {"type": "integer"},
+        ),
+        ("RateLimit-Remaining", "Tokens left now.", {"type": "integer"}),
+        ("RateLimit-Reset", "Seconds until the bucket is full again.", {"type": "integer"}),
+        (
+            "RateLimit-Policy",
+            "`<limit>;w=<burst seconds>`, e.g. `200;w=2` for 100/s with a 2 s burst.",
+            {"type": "string"},
+        ),
+    )
+}
+RATE_LIMITED = (
+    "The API key (or, without one, the client address) is over its rate limit "
+    "(SLUICE_RATE_LIMIT_REQUESTS, SLUICE_RATE_LIMIT_EVENTS, or the key's own): retry "
+    "after Retry-After. Nothing of the request was kept."
+)
 _ANSWERS: dict[int, tuple[str, str, bool]] = {
     # status: (description, body component, carries Retry-After)
     202: (
@@ -111,7 +138,11 @@ _ANSWERS: dict[int, tuple[str, str, bool]] = {
         False,
     ),
     429: (
-        "Too much waits to be written (the backlog limits): retry after Retry-After.",
+        "Too much waits to be written (the backlog limits), or the API key (or, without "
+        "one, the client address) is over its rate limit: retry after Retry-After; nothing "
+        "of the request was kept. Each event of a body takes a token, valid or not; a body "
+        "of more events than a full bucket holds is refused at any time (send smaller "
+        "arrays).",
         "WebhookError",
         True,
     ),
@@ -213,6 +244,14 @@ def _describe_security(document: dict[str, Any]) -> None:
                 "description": f"The API key lacks the `{scope}` scope{limits}.",
                 "content": error,
             }
+            responses.setdefault(
+                "429",
+                {
+                    "description": RATE_LIMITED,
+                    "headers": {"Retry-After": _RETRY_AFTER, **RATE_LIMIT_HEADERS},
+                    "content": error,
+                },
+            )
 
 
 _SIGNED_ONLY = (
@@ -261,6 +300,8 @@ def _webhook_operation(
         headers = {"X-Correlation-ID": _CORRELATION}
         if retry:
             headers["Retry-After"] = _RETRY_AFTER
+        if status == 429:
+            headers.update(RATE_LIMIT_HEADERS)
         responses[str(status)] = {
             "description": description,
             "headers": headers,

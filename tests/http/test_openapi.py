@@ -18,6 +18,7 @@ from sluice.config import Settings
 from sluice.http.app import HttpDeps, create_app
 from sluice.http.health import Health
 from sluice.metrics import Metrics
+from sluice.ratelimit import RateLimiter
 from tests.factories import make_event
 from tests.fakes import FakeEventLog
 from tests.http.test_reports import FakeReports
@@ -39,13 +40,16 @@ class BackloggedLog(FakeEventLog):
         return self.waiting
 
 
-def full_app(log: FakeEventLog | None = None, **settings: Any) -> Any:
+def full_app(
+    log: FakeEventLog | None = None, limits: RateLimiter | None = None, **settings: Any
+) -> Any:
     deps = HttpDeps(
         Settings(**settings),
         Metrics(),
         Health(),
         event_log=log or FakeEventLog(),
         reports=FakeReports(),  # type: ignore[arg-type]
+        limits=limits,
     )
     return create_app(deps)
 
@@ -76,6 +80,7 @@ async def test_the_document_is_valid_openapi_and_covers_every_route() -> None:
         answer = paths["/webhook"]["post"]["responses"][status]
         assert "X-Correlation-ID" in answer["headers"]
         assert ("Retry-After" in answer["headers"]) == (status in ("429", "503"))
+        assert ("RateLimit-Limit" in answer["headers"]) == (status == "429")
     assert "404" in paths["/webhook/{source}"]["post"]["responses"]
 
 
@@ -119,6 +124,8 @@ async def test_every_answer_matches_what_the_document_says() -> None:
     await post(client, "unknown source", path="/webhook/myspace", json=[make_event()])
     behind = LeanClient(full_app(BackloggedLog(waiting=10**6)))
     await post(behind, "backlog", json=[make_event()])
+    limited = LeanClient(full_app(limits=RateLimiter(requests=0, events=1, burst=1)))
+    await post(limited, "rate limited", json=[make_event(), make_event()])
     down = FakeEventLog()
     down.unavailable = True
     await post(LeanClient(full_app(down)), "nats down", json=[make_event()])
@@ -132,6 +139,7 @@ async def test_every_answer_matches_what_the_document_says() -> None:
         "not json": 415,
         "unknown source": 404,
         "backlog": 429,
+        "rate limited": 429,
         "nats down": 503,
     }
     for name, status in expected.items():
@@ -141,8 +149,10 @@ async def test_every_answer_matches_what_the_document_says() -> None:
         documented = doc["paths"][path]["post"]["responses"][str(status)]
         schema = documented["content"]["application/json"]["schema"]
         schema_validator(doc, schema).validate(await response.get_json())
-        for header in documented["headers"]:
-            assert header in response.headers, (name, header)
+        for header, described in documented["headers"].items():
+            # RateLimit-* come with a rate limit's 429 only (not the backlog's).
+            if described.get("required") or name == "rate limited":
+                assert header in response.headers, (name, header)
 
 
 async def test_the_health_answers_match_what_the_document_says() -> None:

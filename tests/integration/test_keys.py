@@ -80,3 +80,39 @@ async def test_a_database_without_the_table_is_store_unavailable(fresh_database_
     async with PgKeyStore.open(fresh_database_url) as store:  # not migrated
         with pytest.raises(StoreUnavailable):
             await store.use(hash_key(SECRET, new_key()))
+
+
+async def test_a_keys_own_rate_limits_are_stored_and_carried(fresh_database_url: str) -> None:
+    await migrated(fresh_database_url)
+    limited, lifted, profile = new_key(), new_key(), new_key()
+    async with PgKeyStore.open(fresh_database_url) as store:
+        row = await store.create(
+            hash_key(SECRET, limited),
+            name="slow",
+            scopes=["ingest"],
+            sources=None,
+            rate_requests=2,
+            rate_events=50,
+        )
+        assert (row["rate_requests"], row["rate_events"]) == (2, 50)
+        await store.create(
+            hash_key(SECRET, lifted), name="free", scopes=["ingest"], sources=None, rate_events=0
+        )
+        await store.create(hash_key(SECRET, profile), name="plain", scopes=["ingest"], sources=None)
+        found = await store.use(hash_key(SECRET, limited))
+        assert found is not None and (found.rate_requests, found.rate_events) == (2, 50)
+        found = await store.use(hash_key(SECRET, lifted))
+        assert found is not None and (found.rate_requests, found.rate_events) == (None, 0)
+        found = await store.use(hash_key(SECRET, profile))
+        assert found is not None and (found.rate_requests, found.rate_events) == (None, None)
+        rows = await store.list_keys()
+        listed = {r["name"]: (r["rate_requests"], r["rate_events"]) for r in rows}
+        assert listed == {"slow": (2, 50), "free": (None, 0), "plain": (None, None)}
+        with pytest.raises(asyncpg.CheckViolationError):  # the database refuses it too
+            await store.create(
+                hash_key(SECRET, new_key()),
+                name="bad",
+                scopes=["ingest"],
+                sources=None,
+                rate_requests=-1,
+            )
