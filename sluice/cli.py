@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from sluice.config import ConfigError, Settings
+from sluice.config import ConfigError, Settings, mask_secrets, remember_secrets
 from sluice.config.settings import ROLES, load_settings_with_origins
-from sluice.logs import setup_logging
+from sluice.logs import mask_uncaught, setup_logging
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -30,6 +30,7 @@ log = logging.getLogger("sluice.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    mask_uncaught()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "publish":  # a client: needs no engine settings
@@ -47,10 +48,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings, origins = load_settings_with_origins(**overrides)
     except ConfigError as exc:
         if len(exc.problems) == 1:
-            print(f"sluice: invalid configuration: {exc.problems[0]}", file=sys.stderr)
+            print(
+                f"sluice: invalid configuration: {mask_secrets(exc.problems[0])}", file=sys.stderr
+            )
         else:
-            print(f"sluice: {exc}", file=sys.stderr)
+            print(f"sluice: {mask_secrets(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
+    remember_secrets(*settings.secrets())
     json_logs = settings.log_format == "json"
     setup_logging("DEBUG" if args.debug else settings.log_level, json=json_logs)
     if args.command == "config":
@@ -72,11 +76,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = handler(settings)
     except StartupError as exc:
         if args.debug:
-            traceback.print_exception(exc)
+            print(mask_secrets("".join(traceback.format_exception(exc))), file=sys.stderr)
         if json_logs:  # one JSON record, like every other line of the process
             log.error("cannot start: %s", exc)
         else:
-            print(f"sluice: {exc}", file=sys.stderr)
+            print(f"sluice: {mask_secrets(str(exc))}", file=sys.stderr)
         code = 2
     raise SystemExit(code)
 
@@ -212,7 +216,7 @@ def cmd_health(settings: Settings, *, url: str | None, live: bool) -> int:
     except urllib.error.HTTPError as exc:
         print(exc.read().decode(errors="replace"), file=sys.stderr)
     except OSError as exc:
-        print(f"sluice: {target}: {exc}", file=sys.stderr)
+        print(mask_secrets(f"sluice: {target}: {exc}"), file=sys.stderr)
     return 1
 
 
@@ -353,7 +357,8 @@ def cmd_migrate(settings: Settings) -> int:
         raise StartupError(
             f"the embedded database in {settings.data_dir} is in use by sluice "
             f"(pid {holder['sluice_pid']}), which applied the migrations as it started; "
-            f"to migrate it by hand: DATABASE_URL={holder['database_url']} sluice migrate"
+            f"to migrate it by hand, set DATABASE_URL to the database_url in "
+            f"{settings.data_dir / 'servers.json'} (it holds the password)"
         )
 
     async def migrate(settings: Settings) -> None:

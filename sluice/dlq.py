@@ -28,6 +28,7 @@ import anyio
 import msgspec
 
 from sluice import envelope
+from sluice.config import mask_secrets
 
 if TYPE_CHECKING:
     import argparse
@@ -79,7 +80,7 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
         resolved = engine_urls(settings, nats=args.dlq_command == "replay")
         code: int = anyio.run(_run, resolved, args, backend="asyncio")
     except DlqError as exc:
-        print(f"sluice dlq: {exc}", file=sys.stderr)
+        print(mask_secrets(f"sluice dlq: {exc}"), file=sys.stderr)
         return 2
     return code
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from sluice.auth import SCOPES, hash_key, load_secret, new_key
+from sluice.config import mask_secrets
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -92,10 +93,10 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
         with _database(settings) as url:
             code: int = anyio.run(_run, settings, url, args, backend="asyncio")
     except KeysError as exc:
-        print(f"sluice keys: {exc}", file=sys.stderr)
+        print(mask_secrets(f"sluice keys: {exc}"), file=sys.stderr)
         return 2
     except (StoreUnavailable, MigrationError) as exc:
-        print(f"sluice keys: database unavailable: {exc}", file=sys.stderr)
+        print(mask_secrets(f"sluice keys: database unavailable: {exc}"), file=sys.stderr)
         return 2
     return code
 

@@ -3,18 +3,27 @@
 Every record carries `timestamp`, `level`, `logger`, `message`, and `actor` (the
 supervised child whose task logged it, see `sluice.engine.current_actor`) when there is
 one; fields passed with `extra=` follow as they are (lists and mappings stay JSON).
+
+Secrets never reach the output: every record goes through `sluice.config.mask_secrets`
+(its message, its text fields and its traceback) before either format sees it.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+import traceback
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from sluice.config import mask_secrets
 from sluice.engine import current_actor
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -57,8 +66,12 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in _fields(record).items():
             entry.setdefault(key, _jsonable(value))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
         return _encoder.encode(entry).decode()
 
 
@@ -94,9 +107,67 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
+def _masked(value: Any) -> Any:
+    """`value` with its secrets masked: itself when it has none."""
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, (list, tuple)):
+        masked = [mask_secrets(item) if isinstance(item, str) else item for item in value]
+        if masked != list(value):
+            return masked
+    return value
+
+
+class MaskSecrets(logging.Filter):
+    """Rewrites each record with its secrets masked: the message (formatted once here),
+    text fields, the traceback and the stack. Never drops a record."""
+
+    _tracebacks = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: the handler reports it as usual
+            return True
+        record.msg, record.args = mask_secrets(message), None
+        fields = vars(record)
+        for key in fields.keys() - _STANDARD:
+            value = fields[key]
+            masked = _masked(value)
+            if masked is not value:
+                fields[key] = masked
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._tracebacks.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_secrets(record.stack_info)
+        return True
+
+
+def _print_masked(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    text = "".join(traceback.format_exception(kind, exc, tb))
+    sys.stderr.write(mask_secrets(text))
+
+
+def _thread_masked(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None:
+        sys.stderr.write(f"Exception in thread {getattr(args.thread, 'name', '?')}:\n")
+        _print_masked(args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def mask_uncaught() -> None:
+    """Mask secrets in the traceback of an exception nothing caught, as Python prints it
+    (replaces sys.excepthook and threading.excepthook: for the `sluice` command)."""
+    sys.excepthook = _print_masked
+    threading.excepthook = _thread_masked
+
+
 def setup_logging(level: str, *, json: bool) -> None:
-    """Send every log record to stderr: JSON lines, or text lines when `json` is False."""
+    """Send every log record to stderr: JSON lines, or text lines when `json` is False.
+    Secrets are masked in every record (`MaskSecrets`)."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(MaskSecrets())
     handler.setFormatter(JsonFormatter() if json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

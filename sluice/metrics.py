@@ -28,6 +28,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from sluice.config import mask_secrets
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -196,4 +198,6 @@ class Metrics:
             self.actor_restarts.labels(actor)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The Prometheus text, secrets masked (a label made of what a client sent, such
+        as a rejected field's name, could hold one)."""
+        return mask_secrets(generate_latest(self.registry).decode()).encode()

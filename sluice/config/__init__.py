@@ -1,5 +1,6 @@
 """Configuration: defaults < profile (SLUICE_ENV) < SLUICE_PROFILE_FILE < environment."""
 
+from sluice.config.masking import mask_secrets, mask_urls, remember_secrets
 from sluice.config.settings import (
     PROFILES,
     ROLES,
@@ -8,7 +9,6 @@ from sluice.config.settings import (
     is_webhook_secret,
     load_settings,
     load_settings_with_origins,
-    mask_urls,
 )
 
 __all__ = [
@@ -19,5 +19,7 @@ __all__ = [
     "is_webhook_secret",
     "load_settings",
     "load_settings_with_origins",
+    "mask_secrets",
     "mask_urls",
+    "remember_secrets",
 ]

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sluice.config.masking import MASK, mask_url, url_secrets
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
@@ -255,58 +257,43 @@ class Settings:
     def history_stream_name(self) -> str:
         return self.history_stream or f"{self.stream}_HISTORY"
 
+    def secrets(self) -> list[str]:
+        """The secret values among the settings (a URL gives its passwords and tokens):
+        for `sluice.config.remember_secrets`, so they are masked wherever they appear."""
+        found: list[str] = []
+        for f in dataclasses.fields(self):
+            if f.metadata["secret"]:
+                value = getattr(self, f.name)
+                if f.name == "webhook_secrets":  # (source, secret) pairs: the secrets only
+                    value = tuple(secret for _, secret in value)
+                for text in _texts(value):
+                    found += url_secrets(text) if "://" in text else [text]
+        return found
+
     def masked(self) -> dict[str, str]:
         """The effective settings by environment name, secrets masked."""
         shown: dict[str, str] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.metadata["secret"] and f.name == "webhook_secrets":
-                value = tuple(f"{source}={WEBHOOK_SECRET_PREFIX}***" for source, _ in value)
+                value = tuple(f"{source}={WEBHOOK_SECRET_PREFIX}{MASK}" for source, _ in value)
             elif f.metadata["secret"] and value is not None:
-                value = _mask_url(str(value)) if "://" in str(value) else "***"
+                value = mask_url(str(value)) if "://" in str(value) else MASK
             if isinstance(value, tuple):
                 value = ",".join(value)
             shown[f.metadata["env"]] = "" if value is None else str(value)
         return shown
 
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-
-
-def mask_urls(text: str) -> str:
-    """`text` with the password or token of every URL in it masked (for error texts)."""
-    if "://" not in text:
-        return text
-    return _URL.sub(lambda match: _mask_one(match.group(0)), text)
-
-
-def _mask_url(url: str) -> str:
-    """Hide passwords and tokens: user:pass@, token@, and password=/token= parameters.
-
-    NATS takes several comma-separated server URLs: each is masked.
-    """
-    return ",".join(_mask_one(part) for part in url.split(","))
-
-
-def _mask_one(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    location, qsep, query = rest.partition("?")
-    if "@" in location:
-        credentials, _, host = location.rpartition("@")
-        if ":" in credentials:
-            location = f"{credentials.split(':', 1)[0]}:***@{host}"
-        else:
-            location = f"***@{host}"  # a bare token
-    if qsep:
-        params = []
-        for param in query.split("&"):
-            key, eq, _ = param.partition("=")
-            secret = key.lower() in {"password", "pass", "token", "sslpassword", "auth_token"}
-            params.append(f"{key}=***" if eq and secret else param)
-        query = "&".join(params)
-    return f"{scheme}{sep}{location}{qsep}{query}"
+def _texts(value: Any) -> list[str]:
+    """The strings in a setting's value (a text, or texts in tuples and mappings)."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        value = tuple(value.values())
+    if isinstance(value, tuple | list | set | frozenset):
+        return [text for item in value for text in _texts(item)]
+    return [str(value)]
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -337,9 +324,7 @@ def load_settings_with_origins(
         try:
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            shown = repr(raw)
-            if f.metadata["secret"]:  # never a secret in an error
-                shown = repr(_mask_url(raw)) if "://" in raw else "***"
+            shown = repr(MASK) if f.metadata["secret"] else repr(raw)  # never echo a secret
             reason = str(exc) if "must" in str(exc) else f"cannot parse {shown}"
             where = "" if origin == "environment" else f" (in {origin})"
             problems.append(f"{name}={shown}{where}: {reason}")

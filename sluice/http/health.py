@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from quart import Blueprint, Response, current_app, jsonify
 
-from sluice.config import mask_urls
+from sluice.config import mask_secrets
 
 Check = Callable[[], Awaitable[None]]  # raises (anything) when not ready
 
@@ -42,7 +42,7 @@ class Health:
                     await check()
             except Exception as exc:
                 error = str(exc) or type(exc).__name__
-                results[name] = {"ok": False, "error": mask_urls(error)}
+                results[name] = {"ok": False, "error": mask_secrets(error)}
             else:
                 results[name] = {"ok": True}
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from quart import Blueprint, Response, current_app, request
 from quart_schema import document_querystring, document_response, tag
 
-from sluice.config import mask_urls
+from sluice.config import mask_secrets
 from sluice.http.errors import json_bytes
 from sluice.metrics import Metrics
 from sluice.ports import StoreUnavailable
@@ -91,7 +91,7 @@ async def _answer(name: str, make: Callable[[Reports], Awaitable[Any]]) -> Respo
         return _bad(exc)
     except StoreUnavailable as exc:
         return _json(
-            json_bytes({"error": f"reports unavailable, try again: {mask_urls(str(exc))}"}),
+            json_bytes({"error": f"reports unavailable, try again: {mask_secrets(str(exc))}"}),
             503,
             {"Retry-After": RETRY_AFTER},
         )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import anyio
 
 from sluice import envelope
-from sluice.config import Settings, mask_urls
+from sluice.config import Settings, mask_secrets
 from sluice.group_commit import CORRELATION_HEADER as CORRELATION_HEADER
 from sluice.group_commit import GroupCommit, ServiceUnavailable
 from sluice.metrics import Metrics
@@ -235,7 +235,7 @@ class Ingest:
             log.warning("publish failed: %s", exc, extra={"correlation_id": correlation_id})
             return Answer(
                 503,
-                {"error": f"events not accepted, try again: {mask_urls(str(exc))}"},
+                {"error": f"events not accepted, try again: {mask_secrets(str(exc))}"},
                 self._retry_headers(),
             )
         if validated.duplicates:
@@ -388,7 +388,7 @@ def _only_signed(
 
 def _reason_label(message: str) -> str:
     """A bounded label: the field path only (never an event id or value)."""
-    field = message.split(":", 1)[0].strip()
+    field = mask_secrets(message.split(":", 1)[0].strip())
     return field if len(field) <= 64 else field[:64]
 
 

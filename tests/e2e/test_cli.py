@@ -123,6 +123,10 @@ def test_run_serves_drains_on_sigterm_and_keeps_data_across_restarts(data_dir: P
         running.proc.send_signal(signal.SIGTERM)
     assert finish(running) == 0, "".join(running.output)
     assert servers_of(data_dir) == [], "embedded servers outlived sluice"
+    # The embedded database's password: in its owner-only file, never in the output.
+    password = (data_dir / "postgres" / "password").read_text().strip()
+    assert password and password not in "".join(running.output)
+    assert "postgres:***@" in "".join(running.output)  # its URL is logged, masked
 
     running = start(data_dir)
     try:

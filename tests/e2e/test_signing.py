@@ -100,7 +100,9 @@ def test_signed_webhooks_against_a_running_engine(data_dir: Path) -> None:
         replay = signed_post(f"{url}/webhook/tiktok", event, TIKTOK, msg_id="msg_replayed")
         assert replay.status_code == 202, replay.text
         assert replay.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
-        assert metric(url, "events_duplicate_total", 'source="tiktok"') == duplicates_before + 1
+        assert metric(url, "events_duplicate_total", 'source="tiktok"') == duplicates_before + 1, [
+            line for line in httpx.get(f"{url}/metrics").text.splitlines() if "duplicate" in line
+        ]
 
         # /webhook unsigned: the events of the sources with a secret are refused.
         mixed = [make_event("tiktok"), make_event("facebook")]

@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,8 @@ def test_data_survives_restart_and_kill_9(pg_tmp_path: Path) -> None:
         asyncio.run(_write(nats_url, database_url))
     assert all(_gone(pid) for pid in pids)
     assert json.loads((data_dir / "servers.json").read_text())["nats_url"] == nats_url
+    # It holds the database's password: its owner's alone.
+    assert stat.S_IMODE((data_dir / "servers.json").stat().st_mode) == 0o600
 
     # Plain restart: same ports (remembered), data still there.
     with EmbeddedServers(data_dir) as urls:

@@ -243,3 +243,8 @@ def test_the_verdict_agrees_with_the_librarys_own_verify() -> None:
             assert ours == library, (body, msg_id, timestamp, signature)
             checked += library
     assert checked >= 3  # some cases do pass
+
+
+def test_only_the_secrets_are_remembered_for_masking_never_the_source_names() -> None:
+    settings = load_settings({"SLUICE_WEBHOOK_SECRETS": f"facebook={FB} tiktok={TT}"})
+    assert sorted(settings.secrets()) == sorted([FB, TT])

@@ -11,10 +11,11 @@ event loop starts and stopped after it ends.
 
 Layout of ``data_dir``::
 
-    servers.json            URLs and pids of the last start (informational)
+    servers.json            URLs (with credentials: mode 0600) and pids of the last start
     nats/nats.conf          written on every start (edits are overwritten)
     nats/nats.log           server output; nats/nats.pid; nats/jetstream/ (the store)
     postgres/data/          PGDATA (initdb on first start, reused later)
+    postgres/password       the superuser's password (mode 0600): SCRAM everywhere, no trust
     postgres/postgres.log   server output; postgres/run/ (unix socket directory)
 
 Ports: an explicit port must be free (else EmbeddedError); ``port=0`` means any free port;
@@ -32,6 +33,9 @@ without the lock held is a leftover of a dead sluice; it is stopped (graceful, t
 and stale pid/lock files are removed. Only processes named nats-server/postgres whose command
 line (or, for postgres backends, working directory) references our own directory are ever
 signalled.
+
+PostgreSQL listens on a loopback address only; every connection, TCP or unix socket, must
+give the password (which the URL carries).
 
 Root: PostgreSQL refuses to run as root. Then the server runs as the system user
 ``sluice-pg`` (created with ``useradd --system`` when missing, ``nobody`` as a last resort);

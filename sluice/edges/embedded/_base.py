@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import psutil
 
+from sluice.config import mask_urls
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -147,8 +149,12 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `path` whole, readable by its owner only (servers.json holds passwords)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -587,7 +593,7 @@ class _Server:
             self._after_ready()
             with contextlib.suppress(OSError):
                 _write_json(self._state_path, self._state())
-            log.info("embedded %s ready at %s (pid %d)", self.kind, self._url, proc.pid)
+            log.info("embedded %s ready at %s (pid %d)", self.kind, mask_urls(self._url), proc.pid)
             return
         raise EmbeddedError(f"could not find a free port for {self.kind}")
 
