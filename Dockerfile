@@ -18,8 +18,9 @@ FROM python:3.11-slim
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/sluice sluice
 COPY --from=build /opt/sluice /opt/sluice
 # prod profile (JSON logs, listen on all interfaces, API keys required: README "Security",
-# set SLUICE_KEY_SECRET); NATS_URL and DATABASE_URL come from the deployment (without them
-# `sluice run` exits 2 saying so: no embedded servers here).
+# set SLUICE_KEY_SECRET; streams on 3 replicas: a NATS cluster of 3, or set
+# SLUICE_STREAM_REPLICAS=1 for one server); NATS_URL and DATABASE_URL come from the
+# deployment (without them `sluice run` exits 2 saying so: no embedded servers here).
 ENV PATH=/opt/sluice/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SLUICE_ENV=prod \

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # other target also needs the dev tools (pytest, ruff, mypy, uv).
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: install run test lint typecheck fmt clean clean-data bench bench-stages lock check-platforms
+.PHONY: install run test test-cluster lint typecheck fmt clean clean-data bench bench-stages lock check-platforms
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ run: $(RUN_STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Only the tests on the embedded 3-node NATS cluster (`make test` runs them too).
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -m cluster
 
 # requirements.lock: the runtime dependencies (no extras) pinned with hashes for every
 # platform; the Docker image installs exactly these. Refresh after changing dependencies.

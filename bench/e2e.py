@@ -22,6 +22,11 @@ until every event the publisher had acknowledged is committed. Measured:
 
 Rate-driven scenarios (`half`, `overload`) take their rate from this run's `array100`
 capacity, or from --capacity.
+
+`--nats-cluster 3` runs NATS as the embedded 3-node cluster (`sluice dev cluster`'s code)
+with SLUICE_STREAM_REPLICAS=3 instead of one nats-server; nats-server CPU and RSS are then
+the three nodes' sum. With `--ingress N --workers M` it compares 1 vs 3 NATS nodes and
+1 vs 2 workers (bench/README.md).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import asyncpg
 import httpx
 
 from bench._support import RESULTS, BenchNats, BenchPostgres, Sampler, machine, write_result
+from sluice.edges.embedded import EmbeddedNatsCluster
 
 READY_LINE = re.compile(r"metrics:\s+GET\s+(http://\S+)/metrics")
 STALL_SECONDS = 60.0  # no new rows for this long while waiting: give up
@@ -147,8 +153,15 @@ SCENARIOS = {
 
 
 class Servers:
-    def __init__(self, root: Path, sync: str) -> None:
-        self.nats = BenchNats(root / f"nats-{sync}", sync=sync)
+    def __init__(self, root: Path, sync: str, nats_nodes: int = 1) -> None:
+        self.nats: BenchNats | EmbeddedNatsCluster
+        if nats_nodes > 1:
+            if sync != "always":
+                raise SystemExit(f"--nats-cluster runs sync_interval always only, not {sync}")
+            self.nats = EmbeddedNatsCluster(root / "nats-cluster", size=nats_nodes)
+        else:
+            self.nats = BenchNats(root / f"nats-{sync}", sync=sync)
+        self.nats_nodes = nats_nodes
         self.postgres = BenchPostgres(root / f"pg-{sync}")
         self.nats_url = self.nats.start()
         try:
@@ -156,6 +169,13 @@ class Servers:
         except BaseException:
             self.nats.stop()
             raise
+
+    @property
+    def nats_pids(self) -> tuple[int, ...]:
+        if isinstance(self.nats, EmbeddedNatsCluster):
+            return tuple(self.nats.pids())
+        assert self.nats.pid is not None
+        return (self.nats.pid,)
 
     def stop(self) -> None:
         try:
@@ -171,10 +191,11 @@ class Servers:
         import nats
         import nats.js.errors
 
-        nc = await nats.connect(self.nats_url)
+        nc = await nats.connect(self.nats_url.split(","))
         try:
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await nc.jetstream().delete_stream("EVENTS")
+            for stream in ("EVENTS", "EVENTS_HISTORY") if self.nats_nodes > 1 else ("EVENTS",):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await nc.jetstream().delete_stream(stream)
         finally:
             await nc.close()
         conn = await asyncpg.connect(self.database_url)
@@ -206,6 +227,7 @@ class SluiceProcess:
             **os.environ,
             "NATS_URL": servers.nats_url,
             "DATABASE_URL": servers.database_url,
+            "SLUICE_STREAM_REPLICAS": str(servers.nats_nodes),
             "SLUICE_HTTP_PORT": "0",
             "LOG_LEVEL": "WARNING",
             **env,
@@ -276,18 +298,22 @@ class Topology:
 
     ingress: int = 0
     workers: int = 1
+    nats_nodes: int = 1  # > 1: an embedded NATS cluster, streams on that many replicas
 
     @property
     def split(self) -> bool:
         return self.ingress > 0
 
     def label(self) -> str:
+        nats = f", {self.nats_nodes} NATS nodes" if self.nats_nodes > 1 else ""
         if not self.split:
-            return "1 all"
-        return f"{self.ingress} ingress + {self.workers} worker{'s' if self.workers > 1 else ''}"
+            return "1 all" + nats
+        workers = f"{self.workers} worker{'s' if self.workers > 1 else ''}"
+        return f"{self.ingress} ingress + {workers}{nats}"
 
     def suffix(self) -> str:
-        return f"-{self.ingress}i{self.workers}w" if self.split else ""
+        nats = f"-nats{self.nats_nodes}" if self.nats_nodes > 1 else ""
+        return (f"-{self.ingress}i{self.workers}w" if self.split else "") + nats
 
 
 class Sluice:
@@ -473,10 +499,10 @@ def run_scenario(
     publisher: subprocess.Popen[str] | None = None
     try:
         publisher = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        assert servers.postgres.pid is not None and servers.nats.pid is not None
+        assert servers.postgres.pid is not None
         groups: dict[str, int | tuple[int, ...]] = {
             "sluice": sluice.pids(),
-            "nats": servers.nats.pid,
+            "nats": servers.nats_pids,
             "postgres": servers.postgres.pid,
             "client": publisher.pid,
         }
@@ -581,7 +607,7 @@ def table(results_dir: Path = RESULTS, pattern: str = "*.json") -> str:
             rate += f" (offered {r['offered_rate']:,.0f})"
         cpu = " / ".join(str(u[g]["cpu_seconds"]) for g in ("sluice", "nats", "postgres", "client"))
         name = path.stem[11:]
-        if r.get("topology", {}).get("ingress"):
+        if r.get("topology", {}).get("ingress") or r.get("topology", {}).get("nats_nodes", 1) > 1:
             name += f" [{Topology(**r['topology']).label()}]"
         rows.append(
             f"| {path.name[:10]} | {name} | {r['stored']:,} | {rate} "
@@ -623,13 +649,20 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, default=None, help="override the scenarios' connection count"
     )
+    parser.add_argument(
+        "--nats-cluster",
+        type=int,
+        choices=(1, 3, 5),
+        default=1,
+        help="NATS nodes: 3 or 5 run the embedded cluster, streams on as many replicas [1]",
+    )
     args = parser.parse_args()
     if args.table:
         print(table(args.results, args.table_glob))
         return
     if args.ingress < 0 or args.workers < 1:
         parser.error("--ingress must be >= 0 and --workers >= 1")
-    topology = Topology(args.ingress, args.workers)
+    topology = Topology(args.ingress, args.workers, args.nats_cluster)
     names = args.scenarios or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -649,7 +682,7 @@ def main() -> None:
         by_sync.setdefault(scenario.nats_sync, []).append(scenario)
     try:
         for sync, scenarios in by_sync.items():
-            servers = Servers(work, sync)
+            servers = Servers(work, sync, topology.nats_nodes)
             try:
                 for scenario in scenarios:
                     result = run_scenario(

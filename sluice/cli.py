@@ -1,4 +1,4 @@
-"""The `sluice` command: run | migrate | config | health | reset | publish | dlq | keys."""
+"""The `sluice` command: run | migrate | config | health | reset | publish | dlq | keys | dev."""
 
 from __future__ import annotations
 
@@ -71,9 +71,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(cmd_keys(settings, args))
     if args.command == "reset":
         raise SystemExit(cmd_reset(settings, yes=args.yes))
-    handler = {"run": cmd_run, "migrate": cmd_migrate}[args.command]
+    nats_cluster = getattr(args, "nats_cluster", None)
+    if args.command == "dev":
+        nats_cluster = args.nodes
+    if nats_cluster and settings.nats_url:
+        print(
+            "sluice: NATS_URL is set: unset it to start an embedded NATS cluster", file=sys.stderr
+        )
+        raise SystemExit(2)
+    if nats_cluster and origins["SLUICE_STREAM_REPLICAS"] == "default":
+        settings = dataclasses.replace(settings, stream_replicas=nats_cluster)
     try:
-        code = handler(settings)
+        if args.command == "run":
+            code = cmd_run(settings, nats_cluster=nats_cluster or 0)
+        elif args.command == "dev":
+            code = cmd_dev_cluster(settings, nodes=nats_cluster or 3)
+        else:
+            code = cmd_migrate(settings)
     except StartupError as exc:
         if args.debug:
             print(mask_secrets("".join(traceback.format_exception(exc))), file=sys.stderr)
@@ -117,6 +131,24 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="port to listen on, 0 for any free one (overrides SLUICE_HTTP_PORT)",
     )
+    run.add_argument(
+        "--nats-cluster",
+        type=int,
+        choices=(3, 5),
+        default=None,
+        metavar="N",
+        help="start an embedded NATS cluster of N nodes (3 or 5) instead of one nats-server, "
+        "streams replicated on N nodes unless SLUICE_STREAM_REPLICAS is set (needs NATS_URL unset)",
+    )
+    dev = commands.add_parser("dev", help="local tools for trying sluice out")
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True)
+    cluster = dev_commands.add_parser(
+        "cluster",
+        parents=[debug],
+        help="run an embedded NATS cluster (3 nodes, JetStream) until Ctrl-C, printing the "
+        "NATS_URL for sluice processes to use",
+    )
+    cluster.add_argument("--nodes", type=int, choices=(3, 5), default=3, help="nodes [3]")
     commands.add_parser(
         "migrate", parents=[debug], help="apply pending database migrations and exit"
     )
@@ -289,11 +321,17 @@ def embedded_installed() -> bool:
 
 @contextlib.contextmanager
 def _servers(
-    settings: Settings, *, nats: bool = True, postgres: bool = True, watch: bool = False
+    settings: Settings,
+    *,
+    nats: bool = True,
+    postgres: bool = True,
+    watch: bool = False,
+    nats_cluster: int = 0,
 ) -> Iterator[Settings]:
     """Start the embedded servers for whichever URL is unset; stop them on the way out.
 
     `watch`: a server whose process dies meanwhile is started again (a `Watchdog`).
+    `nats_cluster`: that many nats-servers in one cluster instead of one.
     Without the `sluice[embedded]` extra and without the URLs: one line, exit 2.
     """
     want_nats = nats and not settings.nats_url
@@ -303,7 +341,27 @@ def _servers(
         raise SystemExit(2)
     with contextlib.ExitStack() as stack:
         changes: dict[str, Any] = {}
-        if not want_nats and not want_postgres:
+        if want_nats and nats_cluster:
+            from sluice.edges.embedded import (
+                EmbeddedNatsCluster,
+                EmbeddedPostgres,
+                Watchdog,
+                record_servers,
+            )
+
+            cluster = EmbeddedNatsCluster(settings.data_dir, size=nats_cluster)
+            stack.callback(cluster.stop)
+            changes["nats_url"] = cluster.start()
+            watched: list[Any] = list(cluster.nodes)
+            if want_postgres:
+                pg_server = EmbeddedPostgres(settings.data_dir)
+                stack.callback(pg_server.stop)
+                changes["database_url"] = pg_server.start()
+                watched.append(pg_server)
+            record_servers(settings.data_dir, **changes, nats_pids=list(cluster.pids()))
+            if watch:
+                stack.enter_context(Watchdog(watched))
+        elif not want_nats and not want_postgres:
             pass
         elif want_nats and want_postgres:
             from sluice.edges.embedded import EmbeddedServers
@@ -372,7 +430,35 @@ def cmd_migrate(settings: Settings) -> int:
     return 0
 
 
-def cmd_run(settings: Settings) -> int:
+def cmd_dev_cluster(settings: Settings, *, nodes: int) -> int:
+    """`sluice dev cluster`: an embedded NATS cluster until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with _startup_errors(), _servers(settings, postgres=False, watch=True, nats_cluster=nodes) as s:
+        assert s.nats_url is not None
+        print(
+            "\n".join(
+                [
+                    f"NATS cluster of {nodes} nodes running (JetStream, sync_interval always), "
+                    f"data in {(settings.data_dir / 'nats-cluster').resolve()}",
+                    "sluice processes on this machine use it with:",
+                    f"  export NATS_URL='{s.nats_url}'",
+                    f"  export SLUICE_STREAM_REPLICAS={s.stream_replicas}",
+                    "a node that dies is started again; stop: Ctrl-C or SIGTERM",
+                ]
+            ),
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            pass
+    return 0
+
+
+def cmd_run(settings: Settings, *, nats_cluster: int = 0) -> int:
     from sluice.app import Engine, run_until_signalled
 
     role = settings.role
@@ -404,7 +490,9 @@ def cmd_run(settings: Settings) -> int:
     _check_port(settings)  # before seconds of starting embedded servers for nothing
     with (
         _startup_errors(),
-        _servers(settings, nats=uses_nats, postgres=uses_postgres, watch=True) as resolved,
+        _servers(
+            settings, nats=uses_nats, postgres=uses_postgres, watch=True, nats_cluster=nats_cluster
+        ) as resolved,
     ):
         tune_gc()
         code: int = anyio.run(

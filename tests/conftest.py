@@ -4,6 +4,9 @@ Contract (other tests rely on these names):
 - `nats_url` (session): URL of a nats-server with JetStream.
 - `database_url` (session): URL of a PostgreSQL server (database `postgres`).
 - `fresh_database_url` (function): a new, empty database on that server, dropped after.
+- `nats_cluster` (module): an embedded 3-node NATS cluster (sluice.edges.embedded
+  EmbeddedNatsCluster, the code of `sluice dev cluster`), started; its `url` is the
+  comma-separated NATS_URL of all three. Tests may kill and start its nodes by PID.
 - `nats_prefix` (function): a unique lowercase prefix (``t`` + 10 hex digits) for the
   stream and subject names of one test, so tests never share a stream. Streams whose name
   starts with it (case-insensitive) are deleted after the test.
@@ -83,6 +86,18 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from sluice.edges.embedded import EmbeddedNatsCluster
+
+    cluster = EmbeddedNatsCluster(tmp_path_factory.mktemp("embedded-nats-cluster"), size=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

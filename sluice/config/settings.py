@@ -69,6 +69,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _replicas(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 5:
+        raise ValueError("must be 1 to 5 (JetStream keeps at most 5 replicas)")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -197,6 +204,9 @@ class Settings:
     stream_max_age: float = _env("SLUICE_STREAM_MAX_AGE", _positive_float, 7 * 24 * 3600.0)
     stream_max_bytes: int = _env("SLUICE_STREAM_MAX_BYTES", _positive_int, 4 * GiB)
     duplicate_window: float = _env("SLUICE_DUPLICATE_WINDOW", _positive_float, 120.0)
+    # Copies of each stream (and of its durable consumers) kept on as many NATS nodes:
+    # 1 on one server, 3 on a cluster of 3 (a node may die and nothing is lost).
+    stream_replicas: int = _env("SLUICE_STREAM_REPLICAS", _replicas, 1)
     # History for replay: a second stream sourcing the first, dropping its oldest
     # messages past these limits (it never refuses one). Default name: <stream>_HISTORY.
     # nats-server reserves both max_bytes on its disk: 4 + 16 GiB, what one stream of

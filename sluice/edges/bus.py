@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import nats
@@ -31,6 +32,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.bus")
 
 CONNECT_TIMEOUT = 15.0  # seconds to reach NATS at start-up (it may be coming up) before giving up
+
+
+def nats_servers(nats_url: str) -> tuple[list[str], dict[str, str]]:
+    """NATS_URL's servers (it may list several, comma-separated), and the credentials
+    they share as connect options (empty when they carry none, or differ).
+
+    Given as options, the credentials also reach the servers a cluster tells the client
+    about (INFO connect_urls), which come without them: a client that fails over to one
+    of those still authenticates.
+    """
+    servers = [part.strip() for part in nats_url.split(",") if part.strip()]
+    auths = set()
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        auths.add((unquote(parts.username or ""), unquote(parts.password or "")))
+    if len(auths) != 1:
+        return servers, {}
+    user, password = auths.pop()
+    if user and password:
+        return servers, {"user": user, "password": password}
+    return servers, ({"token": user} if user else {})
 
 
 class NatsDelivery:
@@ -179,10 +201,13 @@ class JetStreamBus:
             # Our own close disconnects too: not worth a warning on a clean stop.
             log.log(logging.DEBUG if closing else logging.WARNING, "disconnected from NATS")
 
+        servers, auth = nats_servers(settings.nats_url)
         try:
             with anyio.fail_after(CONNECT_TIMEOUT):
+                # Reconnects forever, to whichever listed (or discovered) server answers:
+                # a cluster node that dies moves the client to a surviving one.
                 nc = await nats.connect(
-                    settings.nats_url,
+                    servers,
                     name=name,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
@@ -191,6 +216,7 @@ class JetStreamBus:
                     error_cb=log_error,
                     disconnected_cb=log_disconnect,
                     reconnected_cb=_log_reconnect,
+                    **auth,
                 )
         except Exception as exc:
             where = mask_urls(settings.nats_url)
@@ -216,9 +242,18 @@ class JetStreamBus:
     async def ensure_stream(self) -> None:
         """Create the work stream and its history stream, or bring existing ones to the
         configured limits, migrating a work stream of limits retention (see
-        `sluice.edges.streams`). Raises LogUnavailable if JetStream refuses."""
+        `sluice.edges.streams`); then the durable consumer of every source. Raises
+        LogUnavailable if JetStream refuses.
+
+        Every role makes the consumers, ingress too, before it accepts anything: a
+        work-queue message that no consumer's filter covers leaves the stream as soon as
+        the history has copied it, so an event accepted before the first worker made its
+        source's consumer would never be written.
+        """
         try:
             await StreamKeeper(self._js, self._settings).ensure()
+            for source in self._settings.sources:
+                await self._js.add_consumer(self._settings.stream, self._consumer_config(source))
         except (nats.errors.Error, OSError) as exc:
             raise LogUnavailable(f"cannot set up the streams: {exc!r}") from exc
 
@@ -313,7 +348,18 @@ class JetStreamBus:
         """Bind to (creating or updating) the durable pull consumer for `source`."""
         s = self._settings
         durable = f"sluice-{source}"
-        config = api.ConsumerConfig(
+        try:
+            await self._js.add_consumer(s.stream, self._consumer_config(source))
+            sub = await self._js.pull_subscribe_bind(durable=durable, stream=s.stream)
+        except (nats.errors.Error, OSError) as exc:
+            raise LogUnavailable(f"cannot open consumer {durable}: {exc!r}") from exc
+        return NatsSubscription(sub, self._nc)
+
+    def _consumer_config(self, source: str) -> api.ConsumerConfig:
+        """The durable pull consumer of `source` (its replicas: the stream's)."""
+        s = self._settings
+        durable = f"sluice-{source}"
+        return api.ConsumerConfig(
             durable_name=durable,
             name=durable,
             filter_subject=s.subject(source),
@@ -325,12 +371,6 @@ class JetStreamBus:
             max_deliver=s.max_deliver,
             max_ack_pending=s.max_ack_pending,
         )
-        try:
-            await self._js.add_consumer(s.stream, config)
-            sub = await self._js.pull_subscribe_bind(durable=durable, stream=s.stream)
-        except (nats.errors.Error, OSError) as exc:
-            raise LogUnavailable(f"cannot open consumer {durable}: {exc!r}") from exc
-        return NatsSubscription(sub, self._nc)
 
     async def watch_max_deliveries(self) -> NatsMaxDeliveries:
         """Subscribe to the max-deliveries advisories of every consumer of the stream."""

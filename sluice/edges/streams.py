@@ -11,6 +11,13 @@
   stream is created) an acked message would leave uncopied, so `ensure()` returns only
   once it is attached.
 
+Both streams keep SLUICE_STREAM_REPLICAS copies (on as many nodes of a NATS cluster); the
+durable consumers follow their stream (JetStream requires a work-queue stream's consumers
+to have its replica count). An existing stream whose replicas or limits differ from the
+settings is updated in place, each change logged; a change JetStream refuses (more
+replicas than the cluster has nodes, or any on a single server) stops start-up with a
+FatalError naming SLUICE_STREAM_REPLICAS and the server's reason.
+
 JetStream cannot change a stream's retention in place. A work stream found with limits
 retention (sluice before 0.2) is migrated by `ensure()`, each step safe to repeat if
 the process dies in the middle:
@@ -32,11 +39,13 @@ the process dies in the middle:
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 import nats.js.errors
 from nats.js import api
+
+from sluice.engine import FatalError
 
 if TYPE_CHECKING:
     from sluice.config import Settings
@@ -48,6 +57,33 @@ CATCH_UP_TIMEOUT = 600.0
 _POLL = 0.1
 _FIRST_SEQ = "sluice_first_seq"
 _SOURCE_HEADER = "Nats-Stream-Source"
+# The fields of a stream the settings decide that an update may change (and logs).
+_TUNED = ("num_replicas", "max_age", "max_bytes", "duplicate_window", "discard")
+
+
+def stream_changes(current: Any, wanted: Any) -> list[str]:
+    """What updating a stream configured `current` to `wanted` changes, in words
+    (only what the settings decide: replicas and limits)."""
+    changes = []
+    for name in _TUNED:
+        old, new = getattr(current, name, None), getattr(wanted, name, None)
+        if new is None:
+            continue
+        if name == "num_replicas":
+            old = old or 1  # the server reports 0 or 1 for a stream on one node
+        if isinstance(new, float) and isinstance(old, int | float):
+            if abs(old - new) < 1e-3:
+                continue
+        elif old == new:
+            continue
+        changes.append(f"{name} {_shown(old)} -> {_shown(new)}")
+    return changes
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(getattr(value, "value", value))  # an enum (discard policy) by its value
 
 
 class StreamKeeper:
@@ -82,7 +118,7 @@ class StreamKeeper:
             created = True
         await self._ensure_history()
         await self._wait_attached(created=created)
-        await self._js.update_stream(self._work_config([f"{self._s.subject_prefix}.>"]))
+        await self._update(self._work_config([f"{self._s.subject_prefix}.>"]))
         if await self._info(self._migration) is not None:
             await self._move_back()
 
@@ -98,6 +134,7 @@ class StreamKeeper:
             discard=api.DiscardPolicy.NEW,
             duplicate_window=s.duplicate_window,
             first_seq=first_seq,
+            num_replicas=s.stream_replicas,
         )
 
     async def _ensure_history(self) -> None:
@@ -111,11 +148,12 @@ class StreamKeeper:
             max_bytes=s.history_max_bytes,
             discard=api.DiscardPolicy.OLD,
             duplicate_window=s.duplicate_window,
+            num_replicas=s.stream_replicas,
         )
         if await self._info(self._history) is None:
             await self._create(config)
         else:
-            await self._js.update_stream(config)
+            await self._update(config)
 
     async def _wait_attached(self, *, created: bool) -> None:
         """Until the history's source consumer exists on the work stream. For a work
@@ -226,18 +264,48 @@ class StreamKeeper:
 
     async def _create(self, config: Any) -> None:
         """Add a stream, unless another process starting at the same moment did (the
-        server may then refuse ours for the name or for the storage both reserve)."""
+        server may then refuse ours for the name or for the storage both reserve).
+        Raises FatalError when JetStream refuses its replicas or limits."""
         try:
             await self._js.add_stream(config)
-        except nats.js.errors.APIError:
+        except nats.js.errors.APIError as exc:
             if await self._info(config.name) is None:
-                raise
+                _raise_refused(config, "create", exc)
             log.info("stream %s was just created by another process", config.name)
         else:
-            log.info("created stream %s", config.name)
+            log.info("created stream %s (%d replicas)", config.name, config.num_replicas or 1)
+
+    async def _update(self, config: Any) -> None:
+        """Bring an existing stream to `config`, logging what changes. Raises FatalError
+        when JetStream refuses the change."""
+        current = await self._info(config.name)
+        changes = stream_changes(current.config, config) if current is not None else []
+        try:
+            await self._js.update_stream(config)
+        except nats.js.errors.APIError as exc:
+            _raise_refused(config, f"update ({', '.join(changes) or 'subjects'})", exc)
+        if changes:
+            log.warning("stream %s updated: %s", config.name, "; ".join(changes))
 
     async def _info(self, stream: str) -> Any:
         try:
             return await self._js.stream_info(stream)
         except nats.js.errors.NotFoundError:
             return None
+
+
+def _raise_refused(config: Any, what: str, exc: nats.js.errors.APIError) -> NoReturn:
+    """Raise for a stream JetStream would not create or change: FatalError (only the
+    operator can fix it) unless JetStream is only unavailable for now."""
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+        raise exc  # no leader yet, a node restarting: handled like any outage
+    replicas = config.num_replicas or 1
+    hint = (
+        f"SLUICE_STREAM_REPLICAS={replicas} needs a NATS cluster of at least {replicas} nodes"
+        if replicas > 1
+        else "check the SLUICE_STREAM_* and SLUICE_HISTORY_* limits"
+    )
+    raise FatalError(
+        f"JetStream refused to {what} stream {config.name}: {exc.description} "
+        f"(err_code {exc.err_code}); {hint}"
+    ) from exc

@@ -26,6 +26,7 @@ PROD_LIKE = {
     "SLUICE_HTTP_HOST": "127.0.0.1",
     "SLUICE_KEY_CACHE_TTL": "1",
     "SLUICE_WRITERS": "2",
+    "SLUICE_STREAM_REPLICAS": "1",  # prod's 3 needs a NATS cluster; the embedded one is one node
 }
 
 

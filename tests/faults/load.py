@@ -22,13 +22,14 @@ def post_one(url: str, event_id: str) -> tuple[int, float, str | None]:
 
 class SteadyLoad:
     """Threads posting one fresh event per request until stopped; every id that got
-    a 2xx is kept, and the slowest answer."""
+    a 2xx is kept, the slowest answer, and when each status was answered (monotonic)."""
 
     def __init__(self, url: str, prefix: str, threads: int = 8) -> None:
         self.url, self.prefix = url, prefix
         self.accepted: set[str] = set()
         self.statuses: dict[int, int] = {}
         self.slowest = 0.0
+        self.answered: dict[int, list[float]] = {}
         self.stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [
@@ -46,6 +47,7 @@ class SteadyLoad:
                 continue
             with self._lock:
                 self.statuses[status] = self.statuses.get(status, 0) + 1
+                self.answered.setdefault(status, []).append(time.monotonic())
                 self.slowest = max(self.slowest, took)
                 if status == 202:
                     self.accepted.add(event_id)

@@ -55,6 +55,9 @@ def exported_names() -> set[str]:
 def test_every_expected_service_is_there(services: dict[str, Any]) -> None:
     assert {
         "nats",
+        "nats-1",
+        "nats-2",
+        "nats-3",
         "postgres",
         *SLUICE_SERVICES,
         "prometheus",
@@ -75,8 +78,12 @@ def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies(
         for dependency, rule in depends.items():
             assert dependency in services, (name, dependency)
             assert rule["condition"] == "service_healthy", (name, dependency)
-    assert set(services["sluice-worker"]["depends_on"]) == {"nats", "postgres"}
-    assert set(services["sluice-ingress"]["depends_on"]) == {"nats"}
+    cluster = {"nats-1", "nats-2", "nats-3"}  # when the cluster profile runs them
+    assert set(services["sluice-worker"]["depends_on"]) == {"nats", "postgres"} | cluster
+    assert set(services["sluice-ingress"]["depends_on"]) == {"nats"} | cluster
+    for name in ("sluice-worker", "sluice-ingress"):
+        for node in cluster:
+            assert services[name]["depends_on"][node]["required"] is False
     assert set(services["grafana"]["depends_on"]) == {"prometheus"}
     assert {"sluice-ingress"} <= set(services["publisher"]["depends_on"])
     assert {"sluice-ingress"} <= set(services["publisher-local"]["depends_on"])
@@ -94,6 +101,50 @@ def test_nats_runs_jetstream_on_a_volume_with_a_monitoring_healthcheck(
     assert mounts["/data"] == "nats-data"
     assert "/etc/nats/sluice.conf" in nats["command"]
     assert any("8222/healthz" in part for part in nats["healthcheck"]["test"])
+
+
+def env_file(path: Path) -> dict[str, str]:
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def interpolated(value: str, env: dict[str, str]) -> str:
+    """Compose's ${NAME:-default}, from `env`."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), value)
+
+
+def test_the_cluster_profile_runs_three_nats_nodes_and_sluice_on_three_replicas(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    nodes = {name: s for name, s in services.items() if "cluster" in s.get("profiles", [])}
+    assert set(nodes) == {"nats-1", "nats-2", "nats-3"}
+    routes: set[str] = set()
+    for name, node in nodes.items():
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in node["volumes"]}
+        assert mounts["/data"] == f"{name}-data" and f"{name}-data" in compose["volumes"]
+        assert "/etc/nats/cluster.conf" in node["command"]
+        conf = (ROOT / mounts["/etc/nats/cluster.conf"].removeprefix("./")).read_text()
+        assert re.search(r"jetstream\s*\{[^}]*store_dir:\s*/data", conf)
+        assert re.search(r"sync_interval:\s*always", conf)
+        assert re.search(r"server_name:\s*\$NATS_SERVER_NAME", conf)
+        assert node["environment"]["NATS_SERVER_NAME"] == name
+        assert re.search(r"cluster\s*\{[^}]*port:\s*6222", conf)
+        routes = set(re.findall(r"nats-route://([\w-]+):6222", conf))
+        assert any("8222/healthz" in part for part in node["healthcheck"]["test"])
+        assert not node.get("ports"), f"{name}: no host port"
+    assert routes == set(nodes)
+    # Single NATS by default; deploy/cluster.env moves every sluice to the cluster.
+    cluster_env = env_file(ROOT / "deploy/cluster.env")
+    assert cluster_env["COMPOSE_PROFILES"] == "cluster"
+    for name in SLUICE_SERVICES:
+        env = services[name]["environment"]
+        assert interpolated(env["NATS_URL"], {}) == "nats://nats:4222"
+        assert interpolated(env["SLUICE_STREAM_REPLICAS"], {}) == "1"
+        urls = interpolated(env["NATS_URL"], cluster_env).split(",")
+        assert urls == [f"nats://{node}:4222" for node in sorted(nodes)], name
+        assert interpolated(env["SLUICE_STREAM_REPLICAS"], cluster_env) == "3"
+    readme = (ROOT / "README.md").read_text()
+    assert "--profile cluster --env-file deploy/cluster.env" in readme
 
 
 def test_postgres_keeps_its_data_on_a_named_volume(
@@ -119,7 +170,7 @@ def test_sluice_services_are_built_from_the_dockerfile_by_role(services: dict[st
         assert service["command"] == ["run", "--role", role]
         assert service["healthcheck"]["test"] == ["CMD", "sluice", "health"]
         env = service["environment"]
-        assert env["NATS_URL"].startswith("nats://nats:")
+        assert interpolated(env["NATS_URL"], {}).startswith("nats://nats:")
         assert (
             env["DATABASE_URL"].startswith("postgresql://") and "@postgres:" in env["DATABASE_URL"]
         )

@@ -11,12 +11,18 @@ event loop starts and stopped after it ends.
 
 Layout of ``data_dir``::
 
-    servers.json            URLs (with credentials: mode 0600) and pids of the last start
-    nats/nats.conf          written on every start (edits are overwritten)
+    servers.json            URLs (with credentials) and pids of the last start (0600)
+    nats/                   owner-only (0700)
+    nats/credentials.json   the user and password clients must present (0600, made once)
+    nats/nats.conf          written on every start (0600; edits are overwritten)
     nats/nats.log           server output; nats/nats.pid; nats/jetstream/ (the store)
     postgres/data/          PGDATA (initdb on first start, reused later)
     postgres/password       the superuser's password (mode 0600): SCRAM everywhere, no trust
     postgres/postgres.log   server output; postgres/run/ (unix socket directory)
+
+Both servers listen on loopback (127.0.0.1) and require generated credentials (nats-server
+a user and password, PostgreSQL its superuser's password); the URLs sluice builds for
+itself carry them (logs show them masked).
 
 Ports: an explicit port must be free (else EmbeddedError); ``port=0`` means any free port;
 ``port=None`` (the default) prefers the port used last time in this data dir, then the fixed
@@ -51,9 +57,10 @@ from ._base import (
     nats_binary,
     postgres_bin_dir,
 )
-from ._nats import EmbeddedNats
+from ._cluster import EmbeddedNatsCluster
+from ._nats import EmbeddedNats, NatsCredentials
 from ._postgres import EmbeddedPostgres
-from ._servers import EmbeddedServers, Watchdog
+from ._servers import EmbeddedServers, Watchdog, record_servers
 
 __all__ = [
     "DEFAULT_NATS_MONITOR_PORT",
@@ -61,9 +68,12 @@ __all__ = [
     "DEFAULT_POSTGRES_PORT",
     "EmbeddedError",
     "EmbeddedNats",
+    "EmbeddedNatsCluster",
     "EmbeddedPostgres",
     "EmbeddedServers",
+    "NatsCredentials",
     "Watchdog",
     "nats_binary",
     "postgres_bin_dir",
+    "record_servers",
 ]

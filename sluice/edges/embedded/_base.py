@@ -148,14 +148,18 @@ def _read_state(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write `path` whole, readable by its owner only (servers.json holds passwords)."""
+def _write_private(path: Path, text: str) -> None:
+    """Write `path` whole, readable by its owner only (it may hold credentials)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as file:
-        file.write(json.dumps(data, indent=2) + "\n")
+        file.write(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    _write_private(path, json.dumps(data, indent=2) + "\n")
 
 
 def _tail(path: Path, start: int = 0, lines: int = 40) -> str:

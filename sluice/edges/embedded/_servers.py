@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +24,21 @@ from ._nats import EmbeddedNats
 from ._postgres import EmbeddedPostgres
 
 # --------------------------------------------------------------------------- both
+
+
+def record_servers(data_dir: Path, **fields: Any) -> None:
+    """Write `data_dir`/servers.json (owner-only: the URLs carry credentials): `fields`
+    (nats_url, database_url, pids...) and this process's pid, for `sluice dlq` and
+    `sluice keys` to find the running engine's servers."""
+    with contextlib.suppress(OSError):
+        _write_json(
+            Path(data_dir) / "servers.json",
+            {
+                **fields,
+                "sluice_pid": os.getpid(),
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
 
 
 class EmbeddedServers:
