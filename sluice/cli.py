@@ -479,6 +479,9 @@ def cmd_run(settings: Settings, *, nats_cluster: int = 0) -> int:
             f"  API keys: {settings.auth} (SLUICE_AUTH; sluice keys create --scope ingest)",
             "  stop:     Ctrl-C or SIGTERM (drains, then exits; a second one forces)",
         ]
+        if settings.webhook_secrets and role in ("all", "ingress"):
+            signed = ", ".join(dict(settings.webhook_secrets))
+            lines.insert(-1, f"  signed:   {signed} (SLUICE_WEBHOOK_SECRETS: signed requests only)")
         print("\n".join(lines), flush=True)
 
     uses_nats = role != "reports"

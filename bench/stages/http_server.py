@@ -19,12 +19,20 @@ checkout of that commit with its own virtualenv, in the same sitting.
 A `+log` suffix (`ingress+log`) sets up sluice's logging as `sluice run` does (JSON, INFO:
 the webhook logs a line per request), writing to /dev/null; without it nothing is logged.
 
+Suffixes combine (`ingress+key+sign`): `+key` requires an API key (SLUICE_AUTH=required,
+the key cached as `sluice run` caches it; the store is in memory) and every request
+carries one; `+sign` sets webhook secrets for facebook and tiktok (one secret for both)
+and every request is signed with it (Standard Webhooks, signed by the load process with
+`sluice publish`'s signer before the run). `--servers ingress,ingress+key,ingress+key+sign`
+gives what auth and signature verification cost per request.
+
 Rounds alternate the servers, so each round compares them under the same machine load;
 the summary is the median per server and its ratio to the first server.
 
     .venv/bin/python bench/stages/http_server.py                 # 3 rounds, 20,000 requests each
     .venv/bin/python bench/stages/http_server.py --rounds 5 --requests 30000 --connections 32
     .venv/bin/python bench/stages/http_server.py --servers hypercorn,ingress
+    .venv/bin/python bench/stages/http_server.py --servers ingress,ingress+key,ingress+key+sign
     .venv/bin/python bench/stages/http_server.py --servers ingress --instructions  # valgrind
 """
 
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -75,13 +84,40 @@ class InstantLog:
         return True
 
 
-def _app() -> Any:
+# The API key and webhook secret of the `+key` and `+sign` variants (bench only).
+BENCH_KEY = "slk_bench0000000000000000000000000000000000000"
+BENCH_KEY_SECRET = b"bench-key-secret"
+BENCH_WEBHOOK_SECRET = "whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtMDEyMzQ1Njc4OQ=="
+
+
+class OneKey:
+    """A KeyStore holding BENCH_KEY (ingest scope), in memory."""
+
+    async def use(self, key_hash: bytes) -> Any:
+        from sluice.auth import hash_key
+        from sluice.ports import ApiKey
+
+        if key_hash == hash_key(BENCH_KEY_SECRET, BENCH_KEY):
+            return ApiKey(1, "bench", frozenset({"ingest"}), None)
+        return None
+
+
+def _app(options: set[str]) -> Any:
+    from sluice.auth import Authenticator
     from sluice.config import Settings
     from sluice.http.app import HttpDeps, create_app
     from sluice.http.health import Health
     from sluice.metrics import Metrics
 
-    return create_app(HttpDeps(Settings(), Metrics(), Health(), event_log=InstantLog()))
+    auth = None
+    settings = Settings()
+    if "key" in options:
+        auth = Authenticator(OneKey(), BENCH_KEY_SECRET, required=True)
+        settings = dataclasses.replace(settings, auth="required")
+    if "sign" in options:
+        secrets = (("facebook", BENCH_WEBHOOK_SECRET), ("tiktok", BENCH_WEBHOOK_SECRET))
+        settings = dataclasses.replace(settings, webhook_secrets=secrets)
+    return create_app(HttpDeps(settings, Metrics(), Health(), event_log=InstantLog(), auth=auth))
 
 
 def _listen() -> socket.socket:
@@ -134,14 +170,15 @@ def serve(name: str) -> None:
 
     from sluice.http.front import front
 
-    name, _, option = name.partition("+")
-    if option == "log":  # as `sluice run` logs (one INFO line per request), to /dev/null
+    name, *suffixes = name.split("+")
+    options = set(suffixes)
+    if "log" in options:  # as `sluice run` logs (one INFO line per request), to /dev/null
         from sluice.logs import setup_logging
 
         setup_logging("INFO", json=True)
 
     async def main() -> None:
-        app = _app()
+        app = _app(options)
         served = app if name == "ingress" else front(app)  # the actor puts it in front itself
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -206,25 +243,32 @@ class _Conn(asyncio.Protocol):
                 self.done.set_result(None)
 
 
-def _requests(n: int, seed: int) -> list[bytes]:
+def _requests(n: int, seed: int, options: set[str]) -> list[bytes]:
     from sluice.publish.bodies import BodyMaker
+    from sluice.signing import Signer
 
     maker = BodyMaker(seed=seed)
+    signer = Signer([BENCH_WEBHOOK_SECRET]) if "sign" in options else None
+    key = b"authorization: Bearer %s\r\n" % BENCH_KEY.encode() if "key" in options else b""
     out = []
     for _ in range(n):
         body = maker.make(1, bare=True).body
+        extra = key
+        if signer is not None:
+            signed = signer.headers(signer.new_id(), body)
+            extra += b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in signed.items())
         out.append(
             b"POST /webhook HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            b"%scontent-length: %d\r\n\r\n%s" % (extra, len(body), body)
         )
     return out
 
 
-def load(port: int, requests: int, connections: int, seed: int) -> dict[str, Any]:
+def load(port: int, requests: int, connections: int, seed: int, server: str) -> dict[str, Any]:
     """Send `requests` POSTs over `connections` keep-alive connections; count statuses."""
     import uvloop
 
-    all_requests = _requests(requests, seed)
+    all_requests = _requests(requests, seed, set(server.split("+")[1:]))
     per = [all_requests[i::connections] for i in range(connections)]
     counts: dict[int, int] = {}
 
@@ -254,9 +298,12 @@ def _cpu(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
-def _run_client(port: int, requests: int, connections: int, seed: int) -> dict[str, Any]:
+def _run_client(
+    port: int, requests: int, connections: int, seed: int, server: str
+) -> dict[str, Any]:
+    load = [str(port), str(requests), str(connections), str(seed)]
     out = subprocess.run(
-        [sys.executable, __file__, "--load", str(port), str(requests), str(connections), str(seed)],
+        [sys.executable, __file__, "--load", *load, "--server", server],
         capture_output=True,
         text=True,
         check=True,
@@ -295,10 +342,10 @@ def measure(name: str, requests: int, connections: int, seed: int) -> dict[str, 
             raise RuntimeError(f"{name}: did not start ({line!r})")
         port = int(line.split()[1])
         ps = psutil.Process(proc.pid)
-        _run_client(port, min(2000, requests), connections, seed + 1)  # warm-up
+        _run_client(port, min(2000, requests), connections, seed + 1, name)  # warm-up
         spy = _profile(proc.pid, name, seed) if PROFILE_DIR else None
         before = _cpu(ps)
-        result = _run_client(port, requests, connections, seed)
+        result = _run_client(port, requests, connections, seed, name)
         used = _cpu(ps) - before
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -376,7 +423,7 @@ def instructions(name: str, small: int, large: int, connections: int) -> dict[st
             line = proc.stdout.readline()
             if not line.startswith("port "):
                 raise RuntimeError(f"{name}: did not start under callgrind ({line!r})")
-            _run_client(int(line.split()[1]), count, connections, 7)
+            _run_client(int(line.split()[1]), count, connections, 7, name)
             proc.stdin.close()
             proc.wait(timeout=900)
             found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
@@ -395,6 +442,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=4, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--server", default="", help=argparse.SUPPRESS)
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=20_000)
@@ -409,7 +457,7 @@ def main() -> None:
         serve(args.serve)
     elif args.load:
         port, requests, connections, seed = args.load
-        print(json.dumps(load(port, requests, connections, seed)))
+        print(json.dumps(load(port, requests, connections, seed, args.server)))
     elif args.instructions:
         for name in (s for s in args.servers.split(",") if s):
             print(json.dumps(instructions(name, 500, 2500, min(args.connections, 8))), flush=True)

@@ -6,6 +6,7 @@ from sluice.config.settings import (
     ROLES,
     ConfigError,
     Settings,
+    is_webhook_secret,
     load_settings,
     load_settings_with_origins,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "ROLES",
     "ConfigError",
     "Settings",
+    "is_webhook_secret",
     "load_settings",
     "load_settings_with_origins",
     "mask_secrets",

@@ -8,8 +8,11 @@ defaults < profile < SLUICE_PROFILE_FILE < environment.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +122,35 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+WEBHOOK_SECRET_PREFIX = "whsec_"
+
+
+def is_webhook_secret(text: str) -> bool:
+    """Is `text` a Standard Webhooks secret: whsec_ and non-empty base64?"""
+    body = text.removeprefix(WEBHOOK_SECRET_PREFIX)
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except binascii.Error:
+        return False
+    return body != text and bool(key)
+
+
+def _webhook_secrets(text: str) -> tuple[tuple[str, str], ...]:
+    """`source=whsec_<base64>` entries, whitespace- or comma-separated, in order.
+
+    Errors name the entry by its source (or position), never by its secret."""
+    entries: list[tuple[str, str]] = []
+    for n, entry in enumerate(text.replace(",", " ").split(), 1):
+        source, sep, secret = entry.partition("=")
+        source = source.strip()
+        if not sep or not source or not re.fullmatch(r"[a-z0-9_-]+", source):
+            raise ValueError(f"must be source=whsec_... entries (entry {n} is not)")
+        if not is_webhook_secret(secret):
+            raise ValueError(f"must hold whsec_<base64> secrets (the one for {source!r} does not)")
+        entries.append((source, secret))
+    return tuple(entries)
+
+
 def _env(name: str, parse: Callable[[str], Any], default: Any, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"env": name, "parse": parse, "secret": secret})
 
@@ -218,6 +250,12 @@ class Settings:
     rate_limit_requests: int = _env("SLUICE_RATE_LIMIT_REQUESTS", _non_negative_int, 0)
     rate_limit_events: int = _env("SLUICE_RATE_LIMIT_EVENTS", _non_negative_int, 0)
     rate_limit_burst: int = _env("SLUICE_RATE_LIMIT_BURST", _positive_int, 1)
+    # Signed webhooks (README "Security"): `source=whsec_...` entries; a source with a
+    # secret takes only requests signed with it (Standard Webhooks). A source listed
+    # twice takes either secret: a rotation.
+    webhook_secrets: tuple[tuple[str, str], ...] = _env(
+        "SLUICE_WEBHOOK_SECRETS", _webhook_secrets, (), secret=True
+    )
 
     drain_timeout: float = _env("SLUICE_DRAIN_TIMEOUT", _positive_float, 30.0)
     metrics_interval: float = _env("SLUICE_METRICS_INTERVAL", _positive_float, 5.0)
@@ -235,7 +273,10 @@ class Settings:
         found: list[str] = []
         for f in dataclasses.fields(self):
             if f.metadata["secret"]:
-                for text in _texts(getattr(self, f.name)):
+                value = getattr(self, f.name)
+                if f.name == "webhook_secrets":  # (source, secret) pairs: the secrets only
+                    value = tuple(secret for _, secret in value)
+                for text in _texts(value):
                     found += url_secrets(text) if "://" in text else [text]
         return found
 
@@ -244,7 +285,9 @@ class Settings:
         shown: dict[str, str] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.metadata["secret"] and value is not None:
+            if f.metadata["secret"] and f.name == "webhook_secrets":
+                value = tuple(f"{source}={WEBHOOK_SECRET_PREFIX}{MASK}" for source, _ in value)
+            elif f.metadata["secret"] and value is not None:
                 value = mask_url(str(value)) if "://" in str(value) else MASK
             if isinstance(value, tuple):
                 value = ",".join(value)
@@ -374,4 +417,10 @@ def _consistency(settings: Settings) -> list[str]:
             f"SLUICE_FLUSH_INTERVAL={settings.flush_interval:g}: must be below "
             f"SLUICE_ACK_WAIT={settings.ack_wait:g}"
         )
+    for source in dict(settings.webhook_secrets):
+        if source not in settings.sources:
+            problems.append(
+                f"SLUICE_WEBHOOK_SECRETS: unknown source {source!r}; expected one of "
+                + ", ".join(settings.sources)
+            )
     return problems

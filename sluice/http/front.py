@@ -26,6 +26,7 @@ from sluice.http.webhook import (
     unknown_source,
     unsupported_type,
 )
+from sluice.signing import HEADERS
 from sluice.sources import SOURCE_NAMES
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ log = logging.getLogger("sluice.webhook")
 _PLAIN_ROUTES = {"/webhook": "/webhook", "/events": "/events"}
 _SOURCE_PREFIX = "/webhook/"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_SIGNED_HEADERS = {name.encode(): at for at, name in enumerate(HEADERS)}
 
 
 class _Disconnected(Exception):
@@ -89,7 +91,9 @@ class WebhookFront:
     as Quart's routes do. With `auth`, the API key is checked (scope ingest) before
     anything else, the body included, is looked at. With `limits`, the request then
     takes a request token of its key (or client address) and, once its body is decoded,
-    one event token per event: a 429 when they do not fit.
+    one event token per event: a 429 when they do not fit. With webhook secrets (the
+    ingest's `signatures`), the signature is checked once the body is read, before
+    validation.
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class WebhookFront:
     ) -> None:
         started = time.perf_counter()
         content_type = length = cid = authorization = None
+        signed: list[str | None] = [None, None, None]  # webhook-id, -timestamp, -signature
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value.decode("latin-1")
@@ -155,6 +160,10 @@ class WebhookFront:
                 cid = value.decode("latin-1")
             elif name == b"authorization":
                 authorization = value.decode("latin-1")
+            elif name.startswith(b"webhook-"):
+                at = _SIGNED_HEADERS.get(name)
+                if at is not None:
+                    signed[at] = value.decode("latin-1")
         correlation_id = correlation_id_from(cid)
         try:
             allowed: frozenset[str] | None = None
@@ -178,7 +187,14 @@ class WebhookFront:
                 else:
                     take_events = _events_taker(limits, key, address)
             answer = refused or await self._answer(
-                receive, content_type, length, source, correlation_id, allowed, take_events
+                receive,
+                content_type,
+                length,
+                source,
+                correlation_id,
+                allowed,
+                signed,
+                take_events,
             )
         except _Disconnected:
             return
@@ -205,6 +221,7 @@ class WebhookFront:
         source: str | None,
         correlation_id: str,
         allowed_sources: frozenset[str] | None,
+        signed: list[str | None],
         take_events: Callable[[int], Limited | None] | None = None,
     ) -> Answer:
         ingest = self.ingest
@@ -225,6 +242,12 @@ class WebhookFront:
             body = await self._read_body(receive)
         except _TooLarge:
             return too_large(self._limit)
+        unsigned: frozenset[str] | None = None
+        if ingest.signatures is not None:
+            verdict = ingest.signatures.check(source, body, *signed)
+            if verdict.error is not None:
+                return Answer(401, {"error": verdict.error}, {})
+            unsigned = verdict.unsigned
         # Answered within the publish timeout of the request's arrival, not counting the
         # time the client took to send its body.
         deadline = arrived + ingest.settings.publish_timeout + (now() - reading)
@@ -234,6 +257,7 @@ class WebhookFront:
             correlation_id=correlation_id,
             deadline=deadline,
             allowed_sources=allowed_sources,
+            unsigned_sources=unsigned,
             take_events=take_events,
         )
 

@@ -30,6 +30,7 @@ from sluice.group_commit import GroupCommit, ServiceUnavailable
 from sluice.metrics import Metrics
 from sluice.ports import EventLog
 from sluice.recent import RecentIds
+from sluice.signing import WebhookSignatures
 from sluice.sources import SOURCE_NAMES, BadBody, Rejection, Validated, ValidEvent, validate_body
 
 if TYPE_CHECKING:
@@ -103,6 +104,9 @@ class Ingest:
             publish_timeout=settings.publish_timeout,
             clock=loop_time,
         )
+        # Built once: a verifier per secret (SLUICE_WEBHOOK_SECRETS); None: none set.
+        secrets = settings.webhook_secrets
+        self.signatures = WebhookSignatures(secrets) if secrets else None
         self._probe = self.event_log if isinstance(self.event_log, BacklogProbe) else None
         self._backlog = 0
         self._backlog_at = -BACKLOG_PROBE_INTERVAL
@@ -184,6 +188,7 @@ class Ingest:
         correlation_id: str,
         deadline: float | None = None,
         allowed_sources: frozenset[str] | None = None,
+        unsigned_sources: frozenset[str] | None = None,
         take_events: Callable[[int], Limited | None] | None = None,
     ) -> Answer:
         """Validate `body`, publish its valid events, and say what happened.
@@ -193,6 +198,8 @@ class Ingest:
         answer is due at the latest; a publish not acked by then is a 503.
         `allowed_sources` (None: all): the sources the request's API key may send;
         events of others are rejected one by one, as invalid ones are.
+        `unsigned_sources` (None: none): sources with a webhook secret that the request is
+        not signed with; their events are rejected one by one too.
         `take_events` (the rate limit): takes one token per event of the body, valid or
         not, or says why not; then the whole request is a 429 and nothing is published.
         """
@@ -218,6 +225,8 @@ class Ingest:
         rejected = list(validated.rejected)
         if allowed_sources is not None and not allowed_sources.issuperset(validated.by_source):
             validated = _only_allowed(validated, allowed_sources, rejected)
+        if unsigned_sources and not unsigned_sources.isdisjoint(validated.by_source):
+            validated = _only_signed(validated, unsigned_sources, rejected)
         try:
             accepted, duplicates = await self._publish(
                 validated, rejected, correlation_id, deadline
@@ -359,6 +368,20 @@ def _only_allowed(
             by_source[source] = events
             continue
         error = f"source: this API key may not send {source} events"
+        rejected.extend(Rejection(e.index, e.event_id, error, source) for e in events)
+    return Validated(by_source, validated.rejected, validated.duplicates)
+
+
+def _only_signed(
+    validated: Validated, unsigned: frozenset[str], rejected: list[Rejection]
+) -> Validated:
+    """`validated` without the events of the `unsigned` sources, which go to `rejected`."""
+    by_source: dict[str, list[ValidEvent]] = {}
+    for source, events in validated.by_source.items():
+        if source not in unsigned:
+            by_source[source] = events
+            continue
+        error = f"source: {source} events must be signed with a {source} webhook secret"
         rejected.extend(Rejection(e.index, e.event_id, error, source) for e in events)
     return Validated(by_source, validated.rejected, validated.duplicates)
 

@@ -16,6 +16,7 @@ import msgspec
 from msgspec.json import schema_components
 
 from sluice.http.access import scope_for
+from sluice.signing import TOLERANCE
 from sluice.sources import SCHEMAS, SOURCE_NAMES, SourceSchema
 
 __all__ = ["describe_unseen_routes"]
@@ -111,6 +112,17 @@ _ANSWERS: dict[int, tuple[str, str, bool]] = {
         False,
     ),
     422: ("Nothing valid (an empty array included): the same body as 202.", "WebhookAnswer", False),
+    401: (
+        "A signature problem, for a source with a webhook secret (SLUICE_WEBHOOK_SECRETS): "
+        "webhook-id, webhook-timestamp or webhook-signature missing, a webhook-timestamp "
+        f"more than {TOLERANCE // 60} minutes before or after the server's clock (`webhook-"
+        "timestamp too old` / `too new`), or no signature matching one of the source's "
+        "secrets (`no webhook-signature matches ...`). On /webhook and /events the headers "
+        "are optional, but when sent they must match some source's secret. Nothing of the "
+        "request was stored.",
+        "WebhookError",
+        False,
+    ),
     400: ("Malformed JSON, or not an object or an array.", "WebhookError", False),
     404: ("POST /webhook/{source}: an unknown source.", "WebhookError", False),
     408: (
@@ -209,10 +221,22 @@ def _describe_security(document: dict[str, Any]) -> None:
                 str(code): answer for code, answer in operation.get("responses", {}).items()
             }
             operation["responses"] = responses
+            unauthorized = (
+                "No API key (where one is required), or a malformed, unknown or revoked "
+                "one: carries `WWW-Authenticate: Bearer`."
+            )
+            signature = responses.get("401")  # the webhook's: a signature problem
+            if signature is not None:
+                unauthorized += " Or (without that header) " + signature["description"]
             responses["401"] = {
-                "description": "No API key (where one is required), or a malformed, unknown "
-                "or revoked one. Carries `WWW-Authenticate: Bearer`.",
-                "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                "description": unauthorized,
+                "headers": {
+                    **(signature or {}).get("headers", {}),
+                    "WWW-Authenticate": {
+                        "description": "`Bearer`, on an API key refusal only.",
+                        "schema": {"type": "string"},
+                    },
+                },
                 "content": error,
             }
             limits = " or may not send events of this source" if scope == "ingest" else ""
@@ -228,6 +252,38 @@ def _describe_security(document: dict[str, Any]) -> None:
                     "content": error,
                 },
             )
+
+
+_SIGNED_ONLY = (
+    "Standard Webhooks signature header. Required for a source with a webhook secret "
+    "(SLUICE_WEBHOOK_SECRETS; on /webhook and /events, for its events to be accepted)."
+)
+_SIGNATURE_HEADERS = [
+    {
+        "name": "webhook-id",
+        "in": "header",
+        "required": False,
+        "description": f"{_SIGNED_ONLY} A unique id per message (a retry may keep it).",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "webhook-timestamp",
+        "in": "header",
+        "required": False,
+        "description": f"{_SIGNED_ONLY} When it was signed, in Unix seconds; refused "
+        f"(401) when more than {TOLERANCE} seconds from the server's clock either way.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    {
+        "name": "webhook-signature",
+        "in": "header",
+        "required": False,
+        "description": f"{_SIGNED_ONLY} Space-separated `v1,<base64 HMAC-SHA256 of "
+        "webhook-id.webhook-timestamp.body>` signatures, keyed with the base64-decoded "
+        "part of a `whsec_` secret; one matching the source's secrets is enough.",
+        "schema": {"type": "string"},
+    },
+]
 
 
 def _webhook_operation(
@@ -265,6 +321,7 @@ def _webhook_operation(
                 "ASCII characters); one is made when absent.",
                 "schema": {"type": "string", "maxLength": 128},
             },
+            *_SIGNATURE_HEADERS,
         ],
         "requestBody": {
             "required": True,

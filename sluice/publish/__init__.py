@@ -7,6 +7,8 @@ DEFAULT_TOTAL events; `--forever`: until Ctrl-C), from `--concurrency` keep-aliv
 connections. `--duplicates` re-sends events
 already acknowledged, `--invalid` breaks some. 429/503 answers are retried after their
 Retry-After; failed connections are retried with a backoff shared by every connection.
+`--api-key` (or SLUICE_API_KEY) sends the API key; `--sign-secret` signs each request
+as Standard Webhooks asks (a fresh webhook-id per request, kept by its retries).
 Prints a progress line, then sent/accepted/rejected counts and latency
 percentiles (and, with `--json`, the same summary as JSON).
 
@@ -25,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sluice.config import is_webhook_secret
 from sluice.publish.events import Traffic
 from sluice.publish.runner import (
     Publisher,
@@ -98,6 +101,12 @@ def _late_ratio(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError("must be a ratio in [0, 1]")
     return value
+
+
+def _sign_secret(text: str) -> str:
+    if not is_webhook_secret(text):
+        raise argparse.ArgumentTypeError("expected whsec_ followed by base64")
+    return text
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -227,6 +236,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra request header 'Name: value' (repeatable) [none]",
     )
     parser.add_argument(
+        "--api-key",
+        default=os.environ.get("SLUICE_API_KEY") or None,
+        metavar="KEY",
+        help="send Authorization: Bearer KEY [SLUICE_API_KEY, else none]",
+    )
+    parser.add_argument(
+        "--sign-secret",
+        type=_sign_secret,
+        action="append",
+        default=[],
+        metavar="whsec_...",
+        help="sign each request (Standard Webhooks: webhook-id, webhook-timestamp,"
+        " webhook-signature) with this secret; repeat to sign with two during a"
+        " rotation [none]",
+    )
+    parser.add_argument(
         "--progress",
         type=float,
         default=1.0,
@@ -268,10 +293,18 @@ def options_from(args: argparse.Namespace) -> PublishOptions:
         max_retries=args.max_retries,
         timeout=args.timeout,
         seed=args.seed,
-        headers=dict(args.header),
+        headers=_headers(args),
+        sign_secrets=tuple(args.sign_secret),
         progress=args.progress,
         traffic=traffic,
     )
+
+
+def _headers(args: argparse.Namespace) -> dict[str, str]:
+    headers = dict(args.header)
+    if args.api_key and not any(name.lower() == "authorization" for name in headers):
+        headers["Authorization"] = f"Bearer {args.api_key}"
+    return headers
 
 
 def _total(args: argparse.Namespace) -> int | None:

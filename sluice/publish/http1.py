@@ -84,26 +84,36 @@ class Connection:
         self._request_head: tuple[dict[str, str] | None, bytes] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    async def post(self, body: bytes, headers: dict[str, str] | None = None) -> Answer:
+    async def post(
+        self,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        per_request: dict[str, str] | None = None,
+    ) -> Answer:
         """POST `body` as JSON. Raises HttpError (connection or protocol failure).
 
+        `headers` go into a request head kept while the same dict is passed again;
+        `per_request` headers (a signature) are added to this request only.
         A request that fails on a reused connection (the server closed it while idle) is
         sent once more on a new one; the bodies sluice publishes are safe to repeat.
         """
         reused = self._link is not None and self._link.open
+        extra = _head_lines(per_request) if per_request else b""
         try:
-            return await self._exchange(body, headers)
+            return await self._exchange(body, headers, extra)
         except (OSError, HttpError) as exc:
             await self.close()
             if not reused or isinstance(exc, _Timeout):
                 raise HttpError(f"{type(exc).__name__}: {exc}") from exc
         try:
-            return await self._exchange(body, headers)
+            return await self._exchange(body, headers, extra)
         except (OSError, HttpError) as exc:
             await self.close()
             raise HttpError(f"{type(exc).__name__}: {exc}") from exc
 
-    async def _exchange(self, body: bytes, headers: dict[str, str] | None) -> Answer:
+    async def _exchange(
+        self, body: bytes, headers: dict[str, str] | None, extra: bytes = b""
+    ) -> Answer:
         loop = asyncio.get_running_loop()
         link = self._link
         if link is None or not link.open:
@@ -113,7 +123,7 @@ class Connection:
             cached = self._request_head = (headers, self._head_for(headers))
         if self._timer is None:
             self._timer = loop.call_at(loop.time() + self._timeout, self._check_timeout)
-        data = b"%sContent-Length: %d\r\n\r\n%s" % (cached[1], len(body), body)
+        data = b"%s%sContent-Length: %d\r\n\r\n%s" % (cached[1], extra, len(body), body)
         try:
             return await link.request(data, loop)
         except asyncio.CancelledError:
@@ -122,9 +132,7 @@ class Connection:
 
     def _head_for(self, headers: dict[str, str] | None) -> bytes:
         t = self._target
-        extra = b"".join(
-            b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in (headers or {}).items()
-        )
+        extra = _head_lines(headers) if headers else b""
         return (
             b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
             b"User-Agent: sluice-publish\r\n%s" % (t.path, t.host_header, extra)
@@ -306,6 +314,10 @@ class _Link(asyncio.Protocol):
         self._buffer = bytearray()
         self._length = -1
         self._chunked = self._until_close = self._close_after = False
+
+
+def _head_lines(headers: dict[str, str]) -> bytes:
+    return b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items())
 
 
 class _Timeout(HttpError, TimeoutError):

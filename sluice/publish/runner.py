@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
+from sluice.config import is_webhook_secret
 from sluice.publish.bodies import Batch, BodyMaker
 from sluice.publish.events import Traffic
 from sluice.publish.http1 import Connection, HttpError, Target
+from sluice.signing import Signer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,6 +43,7 @@ class PublishOptions:
     headers: dict[str, str] = field(default_factory=dict)
     progress: float = 1.0  # seconds between progress lines; 0: none
     traffic: Traffic = field(default_factory=Traffic)  # users, videos, timestamps
+    sign_secrets: tuple[str, ...] = ()  # whsec_...: each request signed with each
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.concurrency < 1:
@@ -52,6 +55,8 @@ class PublishOptions:
         if self.duration is not None and not self.duration > 0:
             raise ValueError("duration must be positive")
         Target.parse(self.url)
+        if not all(is_webhook_secret(secret) for secret in self.sign_secrets):
+            raise ValueError("a signing secret must be whsec_ and base64")
 
 
 class _Answer(msgspec.Struct):
@@ -178,6 +183,7 @@ class Publisher:
         self._failures_in_a_row = 0  # failed connections since the last answer
         self._retry_at = 0.0  # perf_counter time before which no worker connects
         self._jitter = random.Random(options.seed)
+        self._signer = Signer(options.sign_secrets) if options.sign_secrets else None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -246,6 +252,8 @@ class Publisher:
         options = self.options
         attempt = 0
         failure = ""  # the last connection error
+        signer = self._signer
+        msg_id = signer.new_id() if signer is not None else ""  # kept by the retries
         while True:
             attempt += 1
             if not await self._wait_out_backoff():
@@ -254,9 +262,10 @@ class Publisher:
                 return
             if stats.first_post_at is None:
                 stats.first_post_at = time.time()
+            signature = signer.headers(msg_id, batch.body) if signer is not None else None
             started = time.perf_counter()
             try:
-                answer = await connection.post(batch.body, options.headers)
+                answer = await connection.post(batch.body, options.headers, signature)
             except HttpError as exc:
                 stats.requests += 1
                 stats.connection_errors += 1

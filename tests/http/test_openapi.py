@@ -6,6 +6,7 @@ request body and every documented answer against the front's real answers.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,3 +166,21 @@ async def test_the_health_answers_match_what_the_document_says() -> None:
         schema_validator(doc, schema).validate(await response.get_json())
     response = await client.get("/metrics")
     assert response.status_code == 200 and "text/plain" in response.content_type
+
+
+async def test_the_signature_headers_and_their_401_are_documented() -> None:
+    secret = "whsec_" + base64.b64encode(b"openapi-test-secret-0123").decode()
+    app = full_app(webhook_secrets=(("facebook", secret),))
+    doc = await document(app)
+    validate(doc)
+    for path in ("/webhook", "/events", "/webhook/{source}"):
+        operation = doc["paths"][path]["post"]
+        headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+        assert {"webhook-id", "webhook-timestamp", "webhook-signature"} <= headers, path
+        assert "webhook-timestamp too old" in operation["responses"]["401"]["description"]
+    response = await LeanClient(app).post("/webhook/facebook", json=make_event("facebook"))
+    assert response.status_code == 401
+    documented = doc["paths"]["/webhook/{source}"]["post"]["responses"]["401"]
+    schema = documented["content"]["application/json"]["schema"]
+    schema_validator(doc, schema).validate(await response.get_json())
+    assert "X-Correlation-ID" in response.headers and "X-Correlation-ID" in documented["headers"]

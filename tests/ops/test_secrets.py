@@ -16,6 +16,7 @@ run below gets it, and the grep covers it.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -53,6 +54,9 @@ class Secrets:
     nats_token: str = field(default_factory=lambda: _token("natstok"))
     key_secret: str = field(default_factory=lambda: _token("keysecret"))
     wrong_api_key: str = field(default_factory=lambda: "slk_" + secrets.token_urlsafe(32))
+    webhook_secret: str = field(
+        default_factory=lambda: "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    )
     api_key: str = ""  # made by `sluice keys create`
 
     def values(self) -> dict[str, str]:
@@ -73,6 +77,7 @@ class Secrets:
             "DATABASE_URL": with_password(database_url, self.database_password),
             "NATS_URL": nats_url,
             "SLUICE_KEY_SECRET": self.key_secret,
+            "SLUICE_WEBHOOK_SECRETS": f"tiktok={self.webhook_secret}",
         }
 
 
@@ -225,10 +230,11 @@ def test_no_secret_shows_in_any_output(
                 client.get("/dashboard", headers=wrong),
                 client.get("/no-such-page", headers=key),
                 client.get("/metrics"),
+                client.post("/webhook/tiktok", content=b"[]", headers=key | JSON),  # unsigned
             ]
             statuses = [a.status_code for a in answers]
             assert statuses[:6] == [200, 202, 401, 401, 401, 400], statuses
-            assert statuses[6:] == [200, 401, 400, 404, 401, 404, 200], statuses
+            assert statuses[6:] == [200, 401, 400, 404, 401, 404, 200, 401], statuses
             for answer in answers:
                 where = f"{answer.request.method} {answer.request.url.path}"
                 seen.add(f"{where} (body)", answer.text)
