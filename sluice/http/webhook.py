@@ -362,28 +362,50 @@ def _only_allowed(
     validated: Validated, allowed: frozenset[str], rejected: list[Rejection]
 ) -> Validated:
     """`validated` without the events of sources not `allowed`, which go to `rejected`."""
-    by_source: dict[str, list[ValidEvent]] = {}
-    for source, events in validated.by_source.items():
-        if source in allowed:
-            by_source[source] = events
-            continue
-        error = f"source: this API key may not send {source} events"
-        rejected.extend(Rejection(e.index, e.event_id, error, source) for e in events)
-    return Validated(by_source, validated.rejected, validated.duplicates)
+    return _without(
+        validated,
+        lambda source: source not in allowed,
+        lambda source: f"source: this API key may not send {source} events",
+        rejected,
+    )
 
 
 def _only_signed(
     validated: Validated, unsigned: frozenset[str], rejected: list[Rejection]
 ) -> Validated:
     """`validated` without the events of the `unsigned` sources, which go to `rejected`."""
+    return _without(
+        validated,
+        unsigned.__contains__,
+        lambda source: f"source: {source} events must be signed with a {source} webhook secret",
+        rejected,
+    )
+
+
+def _without(
+    validated: Validated,
+    refused: Callable[[str], bool],
+    error_for: Callable[[str], str],
+    rejected: list[Rejection],
+) -> Validated:
+    """`validated` without the events of the `refused` sources, their copies in the body
+    included (refused too, not counted as duplicates), which go to `rejected`."""
     by_source: dict[str, list[ValidEvent]] = {}
     for source, events in validated.by_source.items():
-        if source not in unsigned:
+        if not refused(source):
             by_source[source] = events
             continue
-        error = f"source: {source} events must be signed with a {source} webhook secret"
+        error = error_for(source)
         rejected.extend(Rejection(e.index, e.event_id, error, source) for e in events)
-    return Validated(by_source, validated.rejected, validated.duplicates)
+    copies = []
+    for copy in validated.copies:
+        if refused(copy.source):
+            rejected.append(
+                Rejection(copy.index, copy.event_id, error_for(copy.source), copy.source)
+            )
+        else:
+            copies.append(copy)
+    return Validated(by_source, validated.rejected, len(copies), copies)
 
 
 def _reason_label(message: str) -> str:

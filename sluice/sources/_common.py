@@ -55,6 +55,9 @@ class Validated:
     by_source: dict[str, list[ValidEvent]]  # only sources with events, body order kept
     rejected: list[Rejection]
     duplicates: int  # later copies of an eventId already valid in this body, dropped
+    # Those copies, so that a copy of a source the request may not send is refused with
+    # it rather than counted a duplicate (not compared: `duplicates` says as much).
+    copies: list[ValidEvent] = dataclasses.field(default_factory=list, compare=False)
 
     @property
     def accepted(self) -> int:

@@ -156,7 +156,7 @@ class Validator:
         groups: dict[str, list[ValidEvent]] = {name: [] for name in self.source_names}
         rejected: list[Rejection] = []
         seen: set[str] = set()
-        duplicates = 0
+        copies: list[ValidEvent] = []
         check = self._check
         for index, raw in enumerate(items):
             try:
@@ -174,12 +174,12 @@ class Validator:
                 continue
             event_id = event.event_id
             if event_id in seen:
-                duplicates += 1
+                copies.append(ValidEvent(event_id, schema.name, data, index))
                 continue
             seen.add(event_id)
             groups[schema.name].append(ValidEvent(event_id, schema.name, data, index))
         by_source = {name: events for name, events in groups.items() if events}
-        return Validated(by_source, rejected, duplicates)
+        return Validated(by_source, rejected, len(copies), copies)
 
     def parse_event(
         self,

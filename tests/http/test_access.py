@@ -219,6 +219,19 @@ async def test_a_key_limited_to_tiktok_has_other_events_rejected_one_by_one(
     assert {source for source, *_ in log.published} == {"tiktok"}
     only_facebook = await request(app, "POST", "/webhook", key=key, json=[make_event("facebook")])
     assert only_facebook.status_code == 422
+    # A copy of a refused event in the same body is refused too, not a duplicate (which
+    # would claim it stored, and answer 202 for nothing).
+    twice = make_event("facebook")
+    repeated = await request(app, "POST", "/webhook", key=key, json=[twice, twice])
+    assert repeated.status_code == 422, repeated.text
+    assert repeated.json()["duplicates"] == 0
+    assert [r["index"] for r in repeated.json()["rejected"]] == [0, 1]
+    mixed = [make_event("tiktok"), twice, make_event("tiktok"), twice]
+    mixed[2]["eventId"] = mixed[0]["eventId"]  # a tiktok copy stays a duplicate
+    answered = await request(app, "POST", "/webhook", key=key, json=mixed)
+    assert answered.status_code == 202
+    assert (answered.json()["accepted"], answered.json()["duplicates"]) == (1, 1)
+    assert [r["index"] for r in answered.json()["rejected"]] == [1, 3]
     routed = await request(app, "POST", "/webhook/facebook", key=key, json=make_event("facebook"))
     assert routed.status_code == 403
     assert routed.json() == {"error": "this API key may not send facebook events"}
