@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import anyio
 
@@ -366,3 +367,26 @@ class FakeKeyStore:
         if self.down:
             raise StoreUnavailable("ConnectionRefusedError: connection refused")
         return None if key_hash in self.revoked else self.keys.get(key_hash)
+
+
+async def post_unread(app: Any, path: str, client: tuple[str, int] | None = None) -> dict[str, Any]:
+    """POST to the ASGI `app` a head announcing a 10-byte JSON body whose reading fails
+    the test; returns the response's start message (the app answered without the body)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"10")],
+    }
+    if client is not None:
+        scope["client"] = client
+    await app(scope, receive, send)
+    return sent[0]

@@ -17,7 +17,7 @@ from sluice.http.front import WebhookFront, front
 from sluice.http.health import Health
 from sluice.metrics import Metrics
 from tests.factories import make_event
-from tests.fakes import FakeEventLog, FakeKeyStore
+from tests.fakes import FakeEventLog, FakeKeyStore, post_unread
 from tests.http.test_reports import FakeReports
 
 pytestmark = pytest.mark.anyio
@@ -101,22 +101,7 @@ async def test_the_webhook_checks_the_key_before_reading_the_body(
     keys: FakeKeyStore, log: FakeEventLog
 ) -> None:
     app = served(keys, log, required=True)
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        raise AssertionError("the body was read")
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/webhook",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"10")],
-    }
-    await app(scope, receive, send)
-    assert sent[0]["status"] == 401
+    assert (await post_unread(app, "/webhook"))["status"] == 401
 
 
 async def test_a_key_with_the_scope_is_served(keys: FakeKeyStore, log: FakeEventLog) -> None:

@@ -18,7 +18,7 @@ from sluice.http.health import Health
 from sluice.metrics import Metrics
 from sluice.ratelimit import RateLimiter
 from tests.factories import make_event
-from tests.fakes import FakeEventLog, FakeKeyStore
+from tests.fakes import FakeEventLog, FakeKeyStore, post_unread
 from tests.http.test_reports import FakeReports
 from tests.unit.test_ratelimit import FakeClock
 
@@ -108,24 +108,9 @@ async def test_a_key_over_its_requests_per_second_gets_429_until_tokens_come_bac
 async def test_a_refused_request_is_answered_before_its_body_is_read() -> None:
     served = Served(requests=1)
     assert (await served.request("POST", "/webhook", json=make_event("tiktok"))).status_code == 202
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        raise AssertionError("the body was read")
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/webhook",
-        "client": ("10.0.0.1", 40000),
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"10")],
-    }
-    await served.app(scope, receive, send)
-    assert sent[0]["status"] == 429
-    assert (b"ratelimit-limit", b"1") in sent[0]["headers"]
+    start = await post_unread(served.app, "/webhook", ("10.0.0.1", 40000))
+    assert start["status"] == 429
+    assert (b"ratelimit-limit", b"1") in start["headers"]
 
 
 async def test_events_take_a_token_each_all_or_none_and_nothing_is_published() -> None:
