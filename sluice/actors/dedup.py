@@ -136,14 +136,19 @@ class _Watched(ForwardingDelivery):
         super().__init__(inner)
         self.since = anyio.current_time()
         self._guard = guard
-        self._work = work
+        # The work holds this delivery: the reference is dropped once finished, so the
+        # pair (and the message's payload) goes with its last reference, not at the
+        # next garbage collection.
+        self._work: Work | None = work
         self.ids = ids
         self.parked: list[_Parked] = []
 
     async def ack(self) -> None:
         await self._inner.ack()
         self._guard.forget(self)
-        self._guard.count_duplicates(self._work)
+        work, self._work = self._work, None
+        if work is not None:
+            self._guard.count_duplicates(work)
         for parked in self.parked:
             await parked.one_acked(self)
 
@@ -160,6 +165,7 @@ class _Watched(ForwardingDelivery):
             await self._given_back()
 
     async def _given_back(self) -> None:
+        self._work = None
         self._guard.forget(self)
         for parked in self.parked:
             await parked.one_given_back()
