@@ -10,22 +10,22 @@ registers each delivery and lets it go when it is acked, naked or terminated; no
 on the hot path changes but one dict insert and delete per message.
 
 With `max_bytes`, the bytes of the messages held are a budget: consumers wait for room
-before they fetch (`wait_for_room`) and ask for no more than the room left (`room`,
-`reserve`), so what this process holds between fetch and ack is bounded in bytes, not
-only by channel capacities counted in messages (a message can be 1 MiB; decoded, its
-rows take about three times that).
+before they fetch (`wait_for_room`) and ask for no more than the room left (`room`), so
+what this process holds between fetch and ack is bounded in bytes, not only by channel
+capacities counted in messages (a message can be 1 MiB; decoded, its rows take about
+three times that). Consumers of several sources fetching at once may each take the
+room left: the budget can be passed by up to one such fetch per source.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from sluice.ports import Delivery, Subscription
 
@@ -48,7 +48,6 @@ class HeldMessages:
         self._held: dict[HeldDelivery, tuple[float, float]] = {}
         self.max_bytes = max_bytes
         self.bytes = 0  # of the messages held
-        self._reserved = 0  # by fetches under way (`reserve`)
         self._room: anyio.Event | None = None  # set when bytes go down, if anyone waits
 
     def __len__(self) -> int:
@@ -69,7 +68,7 @@ class HeldMessages:
         """Bytes the budget has left (0 when spent or over), None without a budget."""
         if self.max_bytes is None:
             return None
-        return max(0, self.max_bytes - self.bytes - self._reserved)
+        return max(0, self.max_bytes - self.bytes)
 
     async def wait_for_room(self) -> None:
         """Block while the budget is spent (never without one)."""
@@ -77,17 +76,6 @@ class HeldMessages:
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
-
-    @contextlib.contextmanager
-    def reserve(self, nbytes: int) -> Iterator[None]:
-        """Count `nbytes` against the budget while the block runs: a fetch under way
-        asking for them, so consumers of other sources do not take the same room."""
-        self._reserved += nbytes
-        try:
-            yield
-        finally:
-            self._reserved -= nbytes
-            self._freed()
 
     def _freed(self) -> None:
         if self._room is not None and self.room() != 0:

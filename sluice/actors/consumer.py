@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 from typing import TYPE_CHECKING
@@ -53,9 +52,10 @@ class Consumer(Actor):
     (for `linger`) against the count it asked for. None: every fetch asks `batch`.
 
     With `budget` (the messages this process holds, `sluice.inflight.HeldMessages`,
-    with its byte budget), it fetches only while the budget has room, asks for no more
-    than that room at the size recently seen (at least one message), and reserves it
-    while the fetch is under way.
+    with its byte budget), it fetches only while the budget has room, and asks for no
+    more than that room at the size recently seen (at least one message). Nothing is
+    reserved while a fetch waits for messages: an idle source's fetch, waiting out its
+    timeout, would take room the busy ones need.
     """
 
     def __init__(
@@ -142,12 +142,6 @@ class Consumer(Actor):
             finally:
                 self._room_scope = None
 
-    def _reserve(self, wanted: int) -> contextlib.AbstractContextManager[None]:
-        """The budget's room for `wanted` messages while they are fetched."""
-        if self._budget is None or self._message_bytes is None:
-            return contextlib.nullcontext()
-        return self._budget.reserve(wanted * self._message_bytes)
-
     def _observe(self, deliveries: Sequence[Delivery]) -> None:
         if (self._max_bytes is None and self._budget is None) or not deliveries:
             return
@@ -191,9 +185,9 @@ class Consumer(Actor):
                 while left > 0:
                     if self._budget is not None:
                         await self._budget.wait_for_room()
-                    wanted = min(self._wanted(), left)
-                    with self._reserve(wanted):
-                        deliveries = await subscription.fetch(wanted, min(self._fetch_timeout, 0.5))
+                    deliveries = await subscription.fetch(
+                        min(self._wanted(), left), min(self._fetch_timeout, 0.5)
+                    )
                     if not deliveries:
                         break
                     left -= len(deliveries)
@@ -219,8 +213,7 @@ class Consumer(Actor):
             try:
                 if self._stopping:
                     return []
-                with self._reserve(wanted):
-                    return list(await subscription.fetch(wanted, self._fetch_timeout))
+                return list(await subscription.fetch(wanted, self._fetch_timeout))
             except LogClosed:
                 raise  # no retry can help: crash, and let the supervisor decide
             except LogUnavailable as exc:
