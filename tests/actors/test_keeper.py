@@ -9,6 +9,7 @@ import trio.testing
 from sluice.actors.keeper import MAX_HOLD, Keeper
 from sluice.engine.testing import run_actor
 from sluice.inflight import HeldMessages, HoldingSubscription
+from sluice.metrics import Metrics
 from tests.fakes import RedeliveringSubscription
 
 ACK_WAIT = 5.0
@@ -127,3 +128,20 @@ async def test_the_budget_wakes_a_waiter_when_a_message_held_is_finished(
     assert woken == [5]
     await second.nak()
     assert held.room() == 10 and HeldMessages().room() is None
+
+
+@pytest.mark.trio
+async def test_the_keeper_reports_what_is_held_in_messages_and_bytes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake, held, subscription = held_subscription()
+    fake.put(b"12345678")
+    metrics = Metrics()
+    async with run_actor(Keeper(held, ack_wait=ACK_WAIT, metrics=metrics)) as keeper:
+        [delivery] = await subscription.fetch(10, 1.0)
+        autojump_clock.jump(ACK_WAIT)  # past a period: the keeper samples
+        await trio.testing.wait_all_tasks_blocked()
+        assert metrics.registry.get_sample_value("messages_held") == 1
+        assert metrics.registry.get_sample_value("messages_held_bytes") == 8
+        await delivery.ack()
+        keeper.stop()
