@@ -6,12 +6,20 @@ time extent and drops the ends of the range that lie beyond it: a range that cov
 event is answered like "all time", from the widest rollups (and the all-time entity
 totals for top-N and distinct users); otherwise the range is split over the rollup grains
 with raw events for the edges (`sluice.reports.plan`). The SQL is in sluice/sql/queries.
+
+Distinct users and the top users and videos over a partial range read raw events: one
+scan per (entity, sources, range) answers all of them (`report_entities_range`), and the
+requests that need the same one while it runs share it (`SingleFlight`), so the
+dashboard's five such requests cost two scans. A shared answer is one snapshot, taken
+after the first of those requests arrived; a report that also reads rollups (demographics)
+reads them in a snapshot of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +30,7 @@ from sluice.edges.store import SERVER_SETTINGS, map_errors
 from sluice.reports import (
     GRAINS,
     INTERVAL_GRAIN,
+    MAX_LIMIT,
     AccountTotals,
     Audience,
     AudienceRow,
@@ -30,6 +39,7 @@ from sluice.reports import (
     GroupRow,
     Scope,
     SeriesRow,
+    SingleFlight,
     StoredEvent,
     Totals,
     Window,
@@ -65,11 +75,26 @@ def _window_args(window: Window) -> tuple[list[Any], ...]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Entities:
+    """Users or videos in a range: how many distinct per source (read for users only),
+    and the top MAX_LIMIT by events and by revenue (each top-N is a prefix of these)."""
+
+    distinct: dict[str, int]
+    by_events: list[EntityTotal]
+    by_revenue: list[EntityTotal]
+
+
+# (entity, sources, lo, hi) as the request gave them (before clamping to the extent)
+_EntitiesKey = tuple[str, tuple[str, ...], datetime | None, datetime | None]
+
+
 class PgReportStore:
     """Reports over an asyncpg pool of their own. Create it with `open()`."""
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
+        self._entities: SingleFlight[_EntitiesKey, _Entities] = SingleFlight()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -170,15 +195,17 @@ class PgReportStore:
 
     async def audience(self, scope: Scope) -> Audience:
         sources = list(scope.sources)
+        users: dict[str, int] | None = None
         async with self._snapshot() as conn:
             lo, hi = await self._clamp(conn, scope.lo, scope.hi)
             rows = await conn.fetch(
                 query("report_audience"), *_window_args(plan(lo, hi, AUDIENCE_GRAINS)), sources
             )
             if lo is None and hi is None:
-                users = await conn.fetch(query("report_users_all"), sources)
-            else:
-                users = await conn.fetch(query("report_users_range"), sources, lo, hi)
+                found = await conn.fetch(query("report_users_all"), sources)
+                users = {r["source"]: r["users"] for r in found}
+        if users is None:  # a partial range: the shared scan (after this snapshot ends)
+            users = (await self._entities_in(scope, "user")).distinct
         return Audience(
             rows=[
                 AudienceRow(
@@ -193,25 +220,47 @@ class PgReportStore:
                 )
                 for r in rows
             ],
-            users={r["source"]: r["users"] for r in users},
+            users=users,
         )
 
     async def top(self, scope: Scope, *, entity: str, by: str, limit: int) -> list[EntityTotal]:
         if by not in ("events", "revenue") or entity not in ("user", "video"):
             raise ValueError(f"cannot rank {entity!r} by {by!r}")
-        sources = list(scope.sources)
-        async with self._snapshot() as conn:
-            lo, hi = await self._clamp(conn, scope.lo, scope.hi)
-            if lo is None and hi is None:
-                rows = await conn.fetch(query(f"report_top_all_{by}"), entity, sources, limit)
-            else:
+        if scope.lo is None and scope.hi is None:  # all time: an index walk, no sharing
+            async with self._snapshot() as conn:
+                return await _top_all(conn, entity, list(scope.sources), by, limit)
+        found = await self._entities_in(scope, entity)
+        ranked = found.by_revenue if by == "revenue" else found.by_events
+        return ranked[:limit]
+
+    async def _entities_in(self, scope: Scope, entity: str) -> _Entities:
+        """Users or videos in scope's range, shared with the concurrent requests for the
+        same (entity, sources, range)."""
+        sources, lo, hi = list(scope.sources), scope.lo, scope.hi
+
+        async def scan() -> _Entities:
+            async with self._snapshot() as conn:
+                start, end = await self._clamp(conn, lo, hi)
+                if start is None and end is None:  # the range covers every event
+                    counted = await conn.fetch(query("report_users_all"), sources)
+                    return _Entities(
+                        distinct={r["source"]: r["users"] for r in counted},
+                        by_events=await _top_all(conn, entity, sources, "events", MAX_LIMIT),
+                        by_revenue=await _top_all(conn, entity, sources, "revenue", MAX_LIMIT),
+                    )
                 rows = await conn.fetch(
-                    query("report_top_range"), entity, sources, lo, hi, by, limit
+                    query("report_entities_range"), entity, sources, start, end, MAX_LIMIT
                 )
-        return [
-            EntityTotal(r["source"], r["key"], r["events"], r["revenue"], r["transactions"])
-            for r in rows
-        ]
+            lists: dict[str, list[Any]] = {"distinct": [], "events": [], "revenue": []}
+            for r in sorted(rows, key=lambda r: r["rank"]):
+                lists[r["list"]].append(r)
+            return _Entities(
+                distinct={r["source"]: r["events"] for r in lists["distinct"]},
+                by_events=[_entity(r) for r in lists["events"]],
+                by_revenue=[_entity(r) for r in lists["revenue"]],
+            )
+
+        return await self._entities.run((entity, scope.sources, lo, hi), scan)
 
     async def account(self, account_id: str, lo: datetime, hi: datetime) -> AccountTotals:
         async with self._snapshot() as conn:
@@ -257,6 +306,19 @@ class PgReportStore:
         return [
             StoredEvent(_aware(r["occurred_at"]), r["event_id"], r["json"].encode()) for r in rows
         ]
+
+
+async def _top_all(
+    conn: Any, entity: str, sources: list[str], by: str, limit: int
+) -> list[EntityTotal]:
+    rows = await conn.fetch(query(f"report_top_all_{by}"), entity, sources, limit)
+    return [_entity(r) for r in rows]
+
+
+def _entity(record: Any) -> EntityTotal:
+    return EntityTotal(
+        record["source"], record["key"], record["events"], record["revenue"], record["transactions"]
+    )
 
 
 def _grains_for(interval: str | None) -> tuple[str, ...]:
