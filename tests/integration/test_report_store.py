@@ -350,3 +350,29 @@ async def test_partial_range_users_and_videos_asked_at_once_equal_a_plain_comput
 def _money(totals: list[EntityTotal]) -> list[tuple[object, ...]]:
     return [(t.source, t.key, t.events, t.revenue.normalize(), t.transactions) for t in totals]
 
+
+async def test_the_covering_index_can_be_built_beforehand_without_a_lock(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    for path in MIGRATIONS_DIR.glob("00[1-6]_*.sql"):
+        shutil.copy(path, tmp_path)
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        await migrate(conn, directory=tmp_path)
+        await conn.execute(
+            "CREATE INDEX CONCURRENTLY events_source_occurred_at_covering_idx"
+            " ON events (source, occurred_at) INCLUDE (user_id, video_id, revenue)"
+        )
+        assert await migrate(conn) == ["007_events_covering_index.sql"]
+        indexes = await conn.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes"
+            " WHERE tablename = 'events' AND indexname LIKE 'events_source%'"
+        )
+    finally:
+        await conn.close()
+    assert [(i["indexname"], i["indexdef"].split(" USING ")[1]) for i in indexes] == [
+        (
+            "events_source_occurred_at_covering_idx",
+            "btree (source, occurred_at) INCLUDE (user_id, video_id, revenue)",
+        )
+    ]
