@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import asyncpg
 
 from sluice.edges.store import SERVER_SETTINGS, map_errors
@@ -47,7 +49,7 @@ from sluice.reports import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from decimal import Decimal
 
     from sluice.reports import ReportStore
@@ -57,6 +59,10 @@ __all__ = ["PgReportStore", "query"]
 QUERIES_DIR = Path(__file__).resolve().parent.parent / "sql" / "queries"
 AUDIENCE_GRAINS = ("d", "h")  # rollup_audience has no minute grain
 STATEMENT_TIMEOUT_MS = 30_000  # a report that takes longer is a bug or an abuse
+# A scan of users or videos over a week hashes ~100k keys per source: in memory, not in
+# batches spilled to disk (PostgreSQL's default work_mem is 4 MB).
+ENTITY_SCAN_SETTINGS = "SET LOCAL work_mem = '64MB'"
+SPARE_CONNECTION_WAIT_S = 0.25  # for a second connection; past it, one scans all sources
 
 
 @functools.cache
@@ -236,31 +242,88 @@ class PgReportStore:
     async def _entities_in(self, scope: Scope, entity: str) -> _Entities:
         """Users or videos in scope's range, shared with the concurrent requests for the
         same (entity, sources, range)."""
-        sources, lo, hi = list(scope.sources), scope.lo, scope.hi
+        sources, lo, hi = scope.sources, scope.lo, scope.hi
+        return await self._entities.run(
+            (entity, sources, lo, hi), lambda: self._scan_entities(entity, sources, lo, hi)
+        )
 
-        async def scan() -> _Entities:
-            async with self._snapshot() as conn:
-                start, end = await self._clamp(conn, lo, hi)
-                if start is None and end is None:  # the range covers every event
-                    counted = await conn.fetch(query("report_users_all"), sources)
-                    return _Entities(
-                        distinct={r["source"]: r["users"] for r in counted},
-                        by_events=await _top_all(conn, entity, sources, "events", MAX_LIMIT),
-                        by_revenue=await _top_all(conn, entity, sources, "revenue", MAX_LIMIT),
-                    )
-                rows = await conn.fetch(
-                    query("report_entities_range"), entity, sources, start, end, MAX_LIMIT
+    async def _scan_entities(
+        self, entity: str, sources: tuple[str, ...], lo: datetime | None, hi: datetime | None
+    ) -> _Entities:
+        """One scan per source, at once on as many connections as the pool can spare
+        (else one after the other), all in one snapshot (exported to the others)."""
+        parts: dict[str, list[Any]] = {}
+        async with self._snapshot() as conn:
+            start, end = await self._clamp(conn, lo, hi)
+            if start is None and end is None:  # the range covers every event
+                counted = await conn.fetch(query("report_users_all"), list(sources))
+                return _Entities(
+                    distinct={r["source"]: r["users"] for r in counted},
+                    by_events=await _top_all(conn, entity, list(sources), "events", MAX_LIMIT),
+                    by_revenue=await _top_all(conn, entity, list(sources), "revenue", MAX_LIMIT),
                 )
-            lists: dict[str, list[Any]] = {"distinct": [], "events": [], "revenue": []}
-            for r in sorted(rows, key=lambda r: r["rank"]):
-                lists[r["list"]].append(r)
-            return _Entities(
-                distinct={r["source"]: r["events"] for r in lists["distinct"]},
-                by_events=[_entity(r) for r in lists["events"]],
-                by_revenue=[_entity(r) for r in lists["revenue"]],
-            )
+            await conn.execute(ENTITY_SCAN_SETTINGS)
 
-        return await self._entities.run((entity, scope.sources, lo, hi), scan)
+            async def scan(source: str, on: Any) -> None:
+                parts[source] = await on.fetch(
+                    query("report_entities_range"), entity, source, start, end, MAX_LIMIT
+                )
+
+            async def scan_beside(source: str, snapshot: str) -> None:
+                try:
+                    spare = await self._pool.acquire(timeout=SPARE_CONNECTION_WAIT_S)
+                except TimeoutError:  # the pool is busy: the first connection does it
+                    return
+                try:
+                    async with spare.transaction(isolation="repeatable_read", readonly=True):
+                        await spare.execute(f"SET TRANSACTION SNAPSHOT {_literal(snapshot)}")
+                        await spare.execute(ENTITY_SCAN_SETTINGS)
+                        await scan(source, spare)
+                finally:
+                    await self._pool.release(spare)
+
+            errors: list[Exception] = []
+
+            async def guarded(work: Callable[..., Awaitable[None]], *args: Any) -> None:
+                try:
+                    await work(*args)
+                except Exception as exc:  # raised below as itself, not in an ExceptionGroup
+                    errors.append(exc)
+
+            if len(sources) > 1:
+                snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+                async with anyio.create_task_group() as tg:
+                    for source in sources[1:]:
+                        tg.start_soon(guarded, scan_beside, source, snapshot)
+                    tg.start_soon(guarded, scan, sources[0], conn)
+                if errors:
+                    raise errors[0]
+            for source in sources:
+                if source not in parts:
+                    await scan(source, conn)
+        distinct: dict[str, int] = {}
+        by_events: list[list[EntityTotal]] = []
+        by_revenue: list[list[EntityTotal]] = []
+        for source in sources:
+            lists: dict[str, list[EntityTotal]] = {"events": [], "revenue": []}
+            for r in sorted(parts[source], key=lambda r: r["rank"]):
+                if r["list"] == "distinct":
+                    distinct[source] = r["events"]
+                else:
+                    lists[r["list"]].append(_entity(r, source))
+            by_events.append(lists["events"])
+            by_revenue.append(lists["revenue"])
+        # Each list is in the database's order within its source; between sources the
+        # source breaks every tie, so a merge gives the order one query over all would.
+        return _Entities(
+            distinct={s: n for s, n in distinct.items() if n},
+            by_events=list(
+                heapq.merge(*by_events, key=lambda t: (-t.events, -t.revenue, t.source))
+            )[:MAX_LIMIT],
+            by_revenue=list(
+                heapq.merge(*by_revenue, key=lambda t: (-t.revenue, -t.events, t.source))
+            )[:MAX_LIMIT],
+        )
 
     async def account(self, account_id: str, lo: datetime, hi: datetime) -> AccountTotals:
         async with self._snapshot() as conn:
@@ -315,10 +378,19 @@ async def _top_all(
     return [_entity(r) for r in rows]
 
 
-def _entity(record: Any) -> EntityTotal:
+def _entity(record: Any, source: str | None = None) -> EntityTotal:
     return EntityTotal(
-        record["source"], record["key"], record["events"], record["revenue"], record["transactions"]
+        source or record["source"],
+        record["key"],
+        record["events"],
+        record["revenue"],
+        record["transactions"],
     )
+
+
+def _literal(text: str) -> str:
+    """A PostgreSQL string literal (SET takes no parameters)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _grains_for(interval: str | None) -> tuple[str, ...]:
