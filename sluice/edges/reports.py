@@ -8,11 +8,12 @@ totals for top-N and distinct users); otherwise the range is split over the roll
 with raw events for the edges (`sluice.reports.plan`). The SQL is in sluice/sql/queries.
 
 Distinct users and the top users and videos over a partial range read raw events: one
-scan per (entity, sources, range) answers all of them (`report_entities_range`), and the
-requests that need the same one while it runs share it (`SingleFlight`), so the
-dashboard's five such requests cost two scans. A shared answer is one snapshot, taken
-after the first of those requests arrived; a report that also reads rollups (demographics)
-reads them in a snapshot of its own.
+answer per (entity, sources, range) serves all of them (`report_entities_range`, one
+index-only scan per source, run side by side in one exported snapshot), and the requests
+that need the same one while it runs share it (`SingleFlight`), so the dashboard's five
+such requests cost two answers. A shared answer is one snapshot, taken after the first of
+those requests arrived; a report that also reads rollups (demographics) reads them in a
+snapshot of its own.
 """
 
 from __future__ import annotations

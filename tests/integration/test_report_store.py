@@ -347,6 +347,25 @@ async def test_partial_range_users_and_videos_asked_at_once_equal_a_plain_comput
     assert any(a.users for a in audiences.values())
 
 
+@pytest.mark.parametrize("connections", [1, 2])
+async def test_with_no_spare_connection_the_sources_are_scanned_one_after_the_other(
+    store: PgEventStore, fresh_database_url: str, connections: int
+) -> None:
+    rows = pooled_rows(400, seed=12)
+    await store.write_batch(rows)
+    scope = Scope(NOW - timedelta(days=2, minutes=5), NOW, ("facebook", "tiktok"))
+    async with PgReportStore.open(fresh_database_url, max_size=connections) as reports:
+        for entity in ("user", "video"):
+            _, ranked = plain_entities(rows, scope, entity)
+            for by in ("events", "revenue"):
+                got = await reports.top(scope, entity=entity, by=by, limit=1000)
+                assert _money(got) == _money(ranked[by]), (entity, by)
+                if entity == "user":  # both sources, merged
+                    assert {t.source for t in got} == {"facebook", "tiktok"}
+        distinct, _ = plain_entities(rows, scope, "user")
+        assert (await reports.audience(scope)).users == distinct
+
+
 def _money(totals: list[EntityTotal]) -> list[tuple[object, ...]]:
     return [(t.source, t.key, t.events, t.revenue.normalize(), t.transactions) for t in totals]
 
