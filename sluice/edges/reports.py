@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +65,7 @@ STATEMENT_TIMEOUT_MS = 30_000  # a report that takes longer is a bug or an abuse
 # batches spilled to disk (PostgreSQL's default work_mem is 4 MB).
 ENTITY_SCAN_SETTINGS = "SET LOCAL work_mem = '64MB'"
 SPARE_CONNECTION_WAIT_S = 0.25  # for a second connection; past it, one scans all sources
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]{1,16}(-[0-9A-F]{1,16}){1,2}")
 
 
 @functools.cache
@@ -277,7 +279,9 @@ class PgReportStore:
                     return
                 try:
                     async with spare.transaction(isolation="repeatable_read", readonly=True):
-                        await spare.execute(f"SET TRANSACTION SNAPSHOT {_literal(snapshot)}")
+                        await spare.execute(
+                            f"SET TRANSACTION SNAPSHOT {_snapshot_literal(snapshot)}"
+                        )
                         await spare.execute(ENTITY_SCAN_SETTINGS)
                         await scan(source, spare)
                 finally:
@@ -389,9 +393,16 @@ def _entity(record: Any, source: str | None = None) -> EntityTotal:
     )
 
 
-def _literal(text: str) -> str:
-    """A PostgreSQL string literal (SET takes no parameters)."""
-    return "'" + text.replace("'", "''") + "'"
+def _snapshot_literal(snapshot: str) -> str:
+    """The quoted id of an exported snapshot (what `pg_export_snapshot()` returns, e.g.
+    00000003-0000001B-1): SET TRANSACTION SNAPSHOT takes no parameters, so the id is
+    written into the statement, and only in this shape (hex digits and dashes).
+
+    Raises ValueError for anything else.
+    """
+    if not _SNAPSHOT_ID.fullmatch(snapshot):
+        raise ValueError(f"not a snapshot id: {snapshot!r}")
+    return f"'{snapshot}'"
 
 
 def _grains_for(interval: str | None) -> tuple[str, ...]:
