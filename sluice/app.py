@@ -295,7 +295,7 @@ async def _pipeline(
         stack.push_async_callback(copy.aclose)
         return copy
 
-    held = HeldMessages()
+    held = HeldMessages(max_bytes=settings.max_held_bytes)
 
     async def subscribe(source: str) -> Any:
         return HoldingSubscription(await bus.subscribe(source), held)
@@ -371,6 +371,7 @@ async def _pipeline(
                     fetch_timeout=settings.fetch_timeout,
                     linger=settings.fetch_linger,
                     max_bytes=settings.fetch_max_bytes,
+                    budget=held,
                     catch_up=_catch_up_budget(deadline) if catch_up else 0.0,
                 ),
             )

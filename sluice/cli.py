@@ -565,7 +565,10 @@ def tune_gc() -> None:
     The pipeline allocates and frees millions of short-lived objects a second, almost
     none in reference cycles; with CPython's defaults the collector ran ~800 times per
     300,000 events and took 7-10% of the process's CPU (bench/README.md, session 3).
-    Cyclic garbage is still collected, after GC_GEN0_THRESHOLD net allocations.
+    Cyclic garbage is still collected, after GC_GEN0_THRESHOLD net allocations: so
+    nothing made per message may be in a reference cycle, or every message stays in
+    memory until then (a cycle in the dedup guard made that ~1 GB; tested in
+    tests/actors/test_pipeline_memory.py).
     """
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()

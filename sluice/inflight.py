@@ -8,6 +8,13 @@ stopped, give back at once (nak, no delay) whatever it still holds, so the next 
 does not wait out ack_wait. Consumers fetch through `HoldingSubscription`, which
 registers each delivery and lets it go when it is acked, naked or terminated; nothing
 on the hot path changes but one dict insert and delete per message.
+
+With `max_bytes`, the bytes of the messages held are a budget: consumers wait for room
+before they fetch (`wait_for_room`) and ask for no more than the room left (`room`), so
+what this process holds between fetch and ack is bounded in bytes, not only by channel
+capacities counted in messages (a message can be 1 MiB; decoded, its rows take about
+three times that). Consumers of several sources fetching at once may each take the
+room left: the budget can be passed by up to one such fetch per source.
 """
 
 from __future__ import annotations
@@ -31,34 +38,64 @@ EVENTS_HEADER = "Sluice-Events"
 
 class HeldMessages:
     """The deliveries this process holds, each with when it was fetched or last
-    signalled. Not thread-safe (one event loop)."""
+    signalled, and their bytes. Not thread-safe (one event loop).
 
-    def __init__(self) -> None:
+    `max_bytes` (None: no budget) is what `room` and `wait_for_room` measure against.
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
         # delivery -> (when fetched, when fetched or last signalled)
         self._held: dict[HeldDelivery, tuple[float, float]] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0  # of the messages held
+        self._room: anyio.Event | None = None  # set when bytes go down, if anyone waits
 
     def __len__(self) -> int:
         return len(self._held)
 
     def hold(self, delivery: HeldDelivery) -> None:
         now = anyio.current_time()
+        if delivery not in self._held:
+            self.bytes += len(delivery.data)
         self._held[delivery] = (now, now)
 
     def let_go(self, delivery: HeldDelivery) -> None:
-        self._held.pop(delivery, None)
+        if self._held.pop(delivery, None) is not None:
+            self.bytes -= len(delivery.data)
+            self._freed()
+
+    def room(self) -> int | None:
+        """Bytes the budget has left (0 when spent or over), None without a budget."""
+        if self.max_bytes is None:
+            return None
+        return max(0, self.max_bytes - self.bytes)
+
+    async def wait_for_room(self) -> None:
+        """Block while the budget is spent (never without one)."""
+        while self.room() == 0:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+
+    def _freed(self) -> None:
+        if self._room is not None and self.room() != 0:
+            self._room.set()
+            self._room = None
 
     async def signal_progress(self, older_than: float, *, at_most: float) -> int:
         """Send `in_progress()` for every message held (or last signalled) more than
-        `older_than` seconds ago, but fetched less than `at_most` seconds ago (one
-        held longer was lost by an actor that crashed with it: JetStream shall
-        redeliver it); returns how many. A failed signal is logged: the message is then
-        redelivered after ack_wait, and the database key keeps a second write harmless."""
+        `older_than` seconds ago, but fetched less than `at_most` seconds ago; returns
+        how many. One held longer was lost by an actor that crashed with it: it is let
+        go (JetStream has redelivered it), so it neither stays in memory nor keeps
+        taking the budget. A failed signal is logged: the message is then redelivered
+        after ack_wait, and the database key keeps a second write harmless."""
         now = anyio.current_time()
-        due = [
-            d
-            for d, (fetched, last) in self._held.items()
-            if now - last > older_than and now - fetched < at_most
-        ]
+        lost = [d for d, (fetched, _) in self._held.items() if now - fetched >= at_most]
+        for delivery in lost:
+            self.let_go(delivery)
+        if lost:
+            log.warning("%d messages held over %.0f s taken for lost, let go", len(lost), at_most)
+        due = [d for d, (_, last) in self._held.items() if now - last > older_than]
         for delivery in due:
             try:
                 await delivery.in_progress()

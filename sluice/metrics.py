@@ -181,6 +181,11 @@ class Metrics:
             "JetStream messages this process fetched and has not yet acked, naked or terminated",
             registry=r,
         )
+        self.messages_held_bytes = Gauge(
+            "messages_held_bytes",
+            "Bytes of the messages held (the budget is SLUICE_MAX_HELD_BYTES)",
+            registry=r,
+        )
 
     def prime(self, *, sources: Iterable[str], actors: Iterable[str]) -> None:
         """Create the series dashboards read, at zero, so "nothing yet" shows as 0."""

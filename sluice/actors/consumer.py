@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectSendStream
 
+    from sluice.inflight import HeldMessages
+
 log = logging.getLogger("sluice.consumer")
 
 CORRELATION_HEADER = "X-Correlation-ID"
@@ -48,6 +50,12 @@ class Consumer(Actor):
     not a cap: the first fetch after small messages turn large can bring up to `batch`
     of them (nats-py's fetch cannot pass JetStream's own byte limit). A fetch is "thin"
     (for `linger`) against the count it asked for. None: every fetch asks `batch`.
+
+    With `budget` (the messages this process holds, `sluice.inflight.HeldMessages`,
+    with its byte budget), it fetches only while the budget has room, and asks for no
+    more than that room at the size recently seen (at least one message). Nothing is
+    reserved while a fetch waits for messages: an idle source's fetch, waiting out its
+    timeout, would take room the busy ones need.
     """
 
     def __init__(
@@ -62,6 +70,7 @@ class Consumer(Actor):
         catch_up: float | Callable[[], float] = 0.0,
         linger: float = 0.0,
         max_bytes: int | None = None,
+        budget: HeldMessages | None = None,
     ) -> None:
         self.name = f"consumer[{source}]"
         self.source = source
@@ -73,9 +82,11 @@ class Consumer(Actor):
         self._catch_up = catch_up
         self._linger = linger
         self._max_bytes = max_bytes
+        self._budget = budget
         self._message_bytes: int | None = None  # None until a message is seen
         self._stopping = False
         self._fetch_scope: anyio.CancelScope | None = None
+        self._room_scope: anyio.CancelScope | None = None
 
     def request_stop(self) -> None:
         self._stopping = True
@@ -83,12 +94,15 @@ class Consumer(Actor):
         # messages the server already sent for it until their ack_wait runs out.
         if self._fetch_scope is not None and not self._catch_up:
             self._fetch_scope.cancel()
+        if self._room_scope is not None:  # nothing fetched yet: safe to cut
+            self._room_scope.cancel()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         subscription = await self._subscribe(self.source)
         try:
             task_status.started()
             while not self._stopping:
+                await self._wait_for_room()
                 wanted = self._wanted()
                 deliveries = await self._fetch(subscription, wanted)
                 await self._pass_on(deliveries)
@@ -105,14 +119,31 @@ class Consumer(Actor):
 
     def _wanted(self) -> int:
         """How many messages the next fetch asks for."""
-        if self._max_bytes is None:
+        room = self._budget.room() if self._budget is not None else None
+        if self._max_bytes is None and room is None:
             return self._batch
         if self._message_bytes is None:
             return 1
-        return max(1, min(self._batch, self._max_bytes // self._message_bytes))
+        wanted = self._batch
+        for limit in (self._max_bytes, room):
+            if limit is not None:
+                wanted = min(wanted, limit // self._message_bytes)
+        return max(1, wanted)
+
+    async def _wait_for_room(self) -> None:
+        """Until the budget has room, or a stop is requested."""
+        if self._budget is None:
+            return
+        with anyio.CancelScope() as scope:
+            self._room_scope = scope
+            try:
+                if not self._stopping:
+                    await self._budget.wait_for_room()
+            finally:
+                self._room_scope = None
 
     def _observe(self, deliveries: Sequence[Delivery]) -> None:
-        if self._max_bytes is None or not deliveries:
+        if (self._max_bytes is None and self._budget is None) or not deliveries:
             return
         largest = max(len(d.data) for d in deliveries)
         # A decaying maximum, not an average: a larger message counts at once (mixed
@@ -152,6 +183,8 @@ class Consumer(Actor):
             try:
                 left, _ = await subscription.pending()
                 while left > 0:
+                    if self._budget is not None:
+                        await self._budget.wait_for_room()
                     deliveries = await subscription.fetch(
                         min(self._wanted(), left), min(self._fetch_timeout, 0.5)
                     )

@@ -91,9 +91,9 @@ class DedupGuard(Actor):
                 _Parked(work, self._metrics, waits_for)  # acked when they are
             else:  # every event in it is already committed: nothing to wait for
                 await work.delivery.ack()
-                self.count_duplicates(work)
+                self.count_duplicates(work.source, work.duplicates)
             return
-        watched = _Watched(work.delivery, self, work, ids)
+        watched = _Watched(work.delivery, self, work.source, work.duplicates, ids)
         work.delivery = watched
         in_flight.update(zip(ids, itertools.repeat(watched)))
         await self._outbox.send(work)
@@ -115,9 +115,9 @@ class DedupGuard(Actor):
                 waits_for.add(first)
         return fresh, waits_for
 
-    def count_duplicates(self, work: Work) -> None:
-        if work.duplicates:
-            self._metrics.events_duplicate.labels(work.source).inc(work.duplicates)
+    def count_duplicates(self, source: str, duplicates: int) -> None:
+        if duplicates:
+            self._metrics.events_duplicate.labels(source).inc(duplicates)
 
     def forget(self, watched: _Watched) -> None:
         for event_id in watched.ids:
@@ -128,27 +128,30 @@ class DedupGuard(Actor):
 class _Watched(ForwardingDelivery):
     """A delivery passed on by the guard: when it is finished, its ids leave the
     in-flight map, its dropped duplicates are counted (on ack), and the messages
-    parked behind it are told."""
+    parked behind it are told.
 
-    __slots__ = ("_guard", "_work", "ids", "parked", "since")
+    It becomes its Work's delivery, so it must not refer to that Work: the cycle would
+    keep the message and its decoded rows alive after the ack, until a full collection
+    of the cyclic garbage (which `sluice run`'s GC tuning makes rare), and the process
+    grew by every message it wrote (bench/README.md, session 7)."""
 
-    def __init__(self, inner: Delivery, guard: DedupGuard, work: Work, ids: list[str]) -> None:
+    __slots__ = ("_duplicates", "_guard", "_source", "ids", "parked", "since")
+
+    def __init__(
+        self, inner: Delivery, guard: DedupGuard, source: str, duplicates: int, ids: list[str]
+    ) -> None:
         super().__init__(inner)
         self.since = anyio.current_time()
         self._guard = guard
-        # The work holds this delivery: the reference is dropped once finished, so the
-        # pair (and the message's payload) goes with its last reference, not at the
-        # next garbage collection.
-        self._work: Work | None = work
+        self._source = source
+        self._duplicates = duplicates
         self.ids = ids
         self.parked: list[_Parked] = []
 
     async def ack(self) -> None:
         await self._inner.ack()
         self._guard.forget(self)
-        work, self._work = self._work, None
-        if work is not None:
-            self._guard.count_duplicates(work)
+        self._guard.count_duplicates(self._source, self._duplicates)
         for parked in self.parked:
             await parked.one_acked(self)
 
@@ -165,7 +168,6 @@ class _Watched(ForwardingDelivery):
             await self._given_back()
 
     async def _given_back(self) -> None:
-        self._work = None
         self._guard.forget(self)
         for parked in self.parked:
             await parked.one_given_back()

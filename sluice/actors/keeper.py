@@ -66,6 +66,7 @@ class Keeper(Actor):
                     log.info("%d held messages signalled in progress", signalled)
                 if self._metrics is not None:
                     self._metrics.messages_held.set(len(self._held))
+                    self._metrics.messages_held_bytes.set(self._held.bytes)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(GIVE_BACK_TIMEOUT):
                 given = await self._held.give_back()

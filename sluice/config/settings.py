@@ -227,6 +227,10 @@ class Settings:
     fetch_linger: float = _env("SLUICE_FETCH_LINGER", _non_negative_float, 0.05)
     # Bytes of messages one fetch may bring (at the size recently seen; at least one).
     fetch_max_bytes: int = _env("SLUICE_FETCH_MAX_BYTES", _positive_int, 8 * MiB)
+    # Bytes of messages a worker process holds at once, fetched and not yet acked (in
+    # its channels, dedup guard and writers' batches): the consumers fetch only while
+    # there is room. Decoded, the rows take about 3x their message's bytes.
+    max_held_bytes: int = _env("SLUICE_MAX_HELD_BYTES", _positive_int, 32 * MiB)
 
     dedup_capacity: int = _env("SLUICE_DEDUP_CAPACITY", _positive_int, 200_000)
     writers: int = _env("SLUICE_WRITERS", _positive_int, 2)

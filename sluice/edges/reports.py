@@ -6,22 +6,35 @@ time extent and drops the ends of the range that lie beyond it: a range that cov
 event is answered like "all time", from the widest rollups (and the all-time entity
 totals for top-N and distinct users); otherwise the range is split over the rollup grains
 with raw events for the edges (`sluice.reports.plan`). The SQL is in sluice/sql/queries.
+
+Distinct users and the top users and videos over a partial range read raw events: one
+answer per (entity, sources, range) serves all of them (`report_entities_range`, one
+index-only scan per source, run side by side in one exported snapshot), and the requests
+that need the same one while it runs share it (`SingleFlight`), so the dashboard's five
+such requests cost two answers. A shared answer is one snapshot, taken after the first of
+those requests arrived; a report that also reads rollups (demographics) reads them in a
+snapshot of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import asyncpg
 
 from sluice.edges.store import SERVER_SETTINGS, map_errors
 from sluice.reports import (
     GRAINS,
     INTERVAL_GRAIN,
+    MAX_LIMIT,
     AccountTotals,
     Audience,
     AudienceRow,
@@ -30,6 +43,7 @@ from sluice.reports import (
     GroupRow,
     Scope,
     SeriesRow,
+    SingleFlight,
     StoredEvent,
     Totals,
     Window,
@@ -37,7 +51,7 @@ from sluice.reports import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from decimal import Decimal
 
     from sluice.reports import ReportStore
@@ -47,6 +61,11 @@ __all__ = ["PgReportStore", "query"]
 QUERIES_DIR = Path(__file__).resolve().parent.parent / "sql" / "queries"
 AUDIENCE_GRAINS = ("d", "h")  # rollup_audience has no minute grain
 STATEMENT_TIMEOUT_MS = 30_000  # a report that takes longer is a bug or an abuse
+# A scan of users or videos over a week hashes ~100k keys per source: in memory, not in
+# batches spilled to disk (PostgreSQL's default work_mem is 4 MB).
+ENTITY_SCAN_SETTINGS = "SET LOCAL work_mem = '64MB'"
+SPARE_CONNECTION_WAIT_S = 0.25  # for a second connection; past it, one scans all sources
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]{1,16}(-[0-9A-F]{1,16}){1,2}")
 
 
 @functools.cache
@@ -65,11 +84,26 @@ def _window_args(window: Window) -> tuple[list[Any], ...]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Entities:
+    """Users or videos in a range: how many distinct per source (read for users only),
+    and the top MAX_LIMIT by events and by revenue (each top-N is a prefix of these)."""
+
+    distinct: dict[str, int]
+    by_events: list[EntityTotal]
+    by_revenue: list[EntityTotal]
+
+
+# (entity, sources, lo, hi) as the request gave them (before clamping to the extent)
+_EntitiesKey = tuple[str, tuple[str, ...], datetime | None, datetime | None]
+
+
 class PgReportStore:
     """Reports over an asyncpg pool of their own. Create it with `open()`."""
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
+        self._entities: SingleFlight[_EntitiesKey, _Entities] = SingleFlight()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -170,15 +204,17 @@ class PgReportStore:
 
     async def audience(self, scope: Scope) -> Audience:
         sources = list(scope.sources)
+        users: dict[str, int] | None = None
         async with self._snapshot() as conn:
             lo, hi = await self._clamp(conn, scope.lo, scope.hi)
             rows = await conn.fetch(
                 query("report_audience"), *_window_args(plan(lo, hi, AUDIENCE_GRAINS)), sources
             )
             if lo is None and hi is None:
-                users = await conn.fetch(query("report_users_all"), sources)
-            else:
-                users = await conn.fetch(query("report_users_range"), sources, lo, hi)
+                found = await conn.fetch(query("report_users_all"), sources)
+                users = {r["source"]: r["users"] for r in found}
+        if users is None:  # a partial range: the shared scan (after this snapshot ends)
+            users = (await self._entities_in(scope, "user")).distinct
         return Audience(
             rows=[
                 AudienceRow(
@@ -193,25 +229,106 @@ class PgReportStore:
                 )
                 for r in rows
             ],
-            users={r["source"]: r["users"] for r in users},
+            users=users,
         )
 
     async def top(self, scope: Scope, *, entity: str, by: str, limit: int) -> list[EntityTotal]:
         if by not in ("events", "revenue") or entity not in ("user", "video"):
             raise ValueError(f"cannot rank {entity!r} by {by!r}")
-        sources = list(scope.sources)
+        if scope.lo is None and scope.hi is None:  # all time: an index walk, no sharing
+            async with self._snapshot() as conn:
+                return await _top_all(conn, entity, list(scope.sources), by, limit)
+        found = await self._entities_in(scope, entity)
+        ranked = found.by_revenue if by == "revenue" else found.by_events
+        return ranked[:limit]
+
+    async def _entities_in(self, scope: Scope, entity: str) -> _Entities:
+        """Users or videos in scope's range, shared with the concurrent requests for the
+        same (entity, sources, range)."""
+        sources, lo, hi = scope.sources, scope.lo, scope.hi
+        return await self._entities.run(
+            (entity, sources, lo, hi), lambda: self._scan_entities(entity, sources, lo, hi)
+        )
+
+    async def _scan_entities(
+        self, entity: str, sources: tuple[str, ...], lo: datetime | None, hi: datetime | None
+    ) -> _Entities:
+        """One scan per source, at once on as many connections as the pool can spare
+        (else one after the other), all in one snapshot (exported to the others)."""
+        parts: dict[str, list[Any]] = {}
         async with self._snapshot() as conn:
-            lo, hi = await self._clamp(conn, scope.lo, scope.hi)
-            if lo is None and hi is None:
-                rows = await conn.fetch(query(f"report_top_all_{by}"), entity, sources, limit)
-            else:
-                rows = await conn.fetch(
-                    query("report_top_range"), entity, sources, lo, hi, by, limit
+            start, end = await self._clamp(conn, lo, hi)
+            if start is None and end is None:  # the range covers every event
+                counted = await conn.fetch(query("report_users_all"), list(sources))
+                return _Entities(
+                    distinct={r["source"]: r["users"] for r in counted},
+                    by_events=await _top_all(conn, entity, list(sources), "events", MAX_LIMIT),
+                    by_revenue=await _top_all(conn, entity, list(sources), "revenue", MAX_LIMIT),
                 )
-        return [
-            EntityTotal(r["source"], r["key"], r["events"], r["revenue"], r["transactions"])
-            for r in rows
-        ]
+            await conn.execute(ENTITY_SCAN_SETTINGS)
+
+            async def scan(source: str, on: Any) -> None:
+                parts[source] = await on.fetch(
+                    query("report_entities_range"), entity, source, start, end, MAX_LIMIT
+                )
+
+            async def scan_beside(source: str, snapshot: str) -> None:
+                try:
+                    spare = await self._pool.acquire(timeout=SPARE_CONNECTION_WAIT_S)
+                except TimeoutError:  # the pool is busy: the first connection does it
+                    return
+                try:
+                    async with spare.transaction(isolation="repeatable_read", readonly=True):
+                        await spare.execute(
+                            f"SET TRANSACTION SNAPSHOT {_snapshot_literal(snapshot)}"
+                        )
+                        await spare.execute(ENTITY_SCAN_SETTINGS)
+                        await scan(source, spare)
+                finally:
+                    await self._pool.release(spare)
+
+            errors: list[Exception] = []
+
+            async def guarded(work: Callable[..., Awaitable[None]], *args: Any) -> None:
+                try:
+                    await work(*args)
+                except Exception as exc:  # raised below as itself, not in an ExceptionGroup
+                    errors.append(exc)
+
+            if len(sources) > 1:
+                snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+                async with anyio.create_task_group() as tg:
+                    for source in sources[1:]:
+                        tg.start_soon(guarded, scan_beside, source, snapshot)
+                    tg.start_soon(guarded, scan, sources[0], conn)
+                if errors:
+                    raise errors[0]
+            for source in sources:
+                if source not in parts:
+                    await scan(source, conn)
+        distinct: dict[str, int] = {}
+        by_events: list[list[EntityTotal]] = []
+        by_revenue: list[list[EntityTotal]] = []
+        for source in sources:
+            lists: dict[str, list[EntityTotal]] = {"events": [], "revenue": []}
+            for r in sorted(parts[source], key=lambda r: r["rank"]):
+                if r["list"] == "distinct":
+                    distinct[source] = r["events"]
+                else:
+                    lists[r["list"]].append(_entity(r, source))
+            by_events.append(lists["events"])
+            by_revenue.append(lists["revenue"])
+        # Each list is in the database's order within its source; between sources the
+        # source breaks every tie, so a merge gives the order one query over all would.
+        return _Entities(
+            distinct={s: n for s, n in distinct.items() if n},
+            by_events=list(
+                heapq.merge(*by_events, key=lambda t: (-t.events, -t.revenue, t.source))
+            )[:MAX_LIMIT],
+            by_revenue=list(
+                heapq.merge(*by_revenue, key=lambda t: (-t.revenue, -t.events, t.source))
+            )[:MAX_LIMIT],
+        )
 
     async def account(self, account_id: str, lo: datetime, hi: datetime) -> AccountTotals:
         async with self._snapshot() as conn:
@@ -257,6 +374,35 @@ class PgReportStore:
         return [
             StoredEvent(_aware(r["occurred_at"]), r["event_id"], r["json"].encode()) for r in rows
         ]
+
+
+async def _top_all(
+    conn: Any, entity: str, sources: list[str], by: str, limit: int
+) -> list[EntityTotal]:
+    rows = await conn.fetch(query(f"report_top_all_{by}"), entity, sources, limit)
+    return [_entity(r) for r in rows]
+
+
+def _entity(record: Any, source: str | None = None) -> EntityTotal:
+    return EntityTotal(
+        source or record["source"],
+        record["key"],
+        record["events"],
+        record["revenue"],
+        record["transactions"],
+    )
+
+
+def _snapshot_literal(snapshot: str) -> str:
+    """The quoted id of an exported snapshot (what `pg_export_snapshot()` returns, e.g.
+    00000003-0000001B-1): SET TRANSACTION SNAPSHOT takes no parameters, so the id is
+    written into the statement, and only in this shape (hex digits and dashes).
+
+    Raises ValueError for anything else.
+    """
+    if not _SNAPSHOT_ID.fullmatch(snapshot):
+        raise ValueError(f"not a snapshot id: {snapshot!r}")
+    return f"'{snapshot}'"
 
 
 def _grains_for(interval: str | None) -> tuple[str, ...]:

@@ -5,11 +5,14 @@ _results  response bodies (msgspec Structs)
 _store    the `ReportStore` port and the rows it returns
 _build    store rows -> response bodies
 _window   splitting a time range over the rollup grains
+_flight   one run of a query for all the concurrent requests that need it
 """
 
 from . import _build as build
+from ._flight import SingleFlight
 from ._params import (
     GROUP_KEYS,
+    MAX_LIMIT,
     AccountQuery,
     BadParam,
     CountriesQuery,
@@ -52,6 +55,7 @@ __all__ = [
     "GRAINS",
     "GROUP_KEYS",
     "INTERVAL_GRAIN",
+    "MAX_LIMIT",
     "AccountQuery",
     "AccountSummary",
     "AccountTotals",
@@ -77,6 +81,7 @@ __all__ = [
     "RevenueReport",
     "Scope",
     "SeriesRow",
+    "SingleFlight",
     "StoredEvent",
     "TopItem",
     "TopQuery",

@@ -22,6 +22,7 @@ if typing.TYPE_CHECKING:
 
 __all__ = [
     "GROUP_KEYS",
+    "MAX_LIMIT",
     "AccountQuery",
     "BadParam",
     "CountriesQuery",

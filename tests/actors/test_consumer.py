@@ -16,6 +16,7 @@ from sluice.actors.consumer import Consumer
 from sluice.actors.work import Work
 from sluice.engine import open_channel
 from sluice.engine.testing import run_actor
+from sluice.inflight import HeldMessages, HoldingSubscription
 from sluice.ports import LogClosed, LogUnavailable
 from tests.factories import make_event
 from tests.fakes import FakeDelivery, FakeSubscription
@@ -339,3 +340,65 @@ async def test_a_full_fetch_bounded_by_bytes_is_not_followed_by_a_pause(
         await out.receive()
         assert trio.current_time() - paused_at == pytest.approx(0.5)
         handle.stop()
+
+
+def budgeted_consumer(
+    subscription: FakeSubscription, outbox, held: HeldMessages, **options: Any
+) -> Consumer:
+    """A consumer fetching through `held`, as the engine wires it."""
+    holding = HoldingSubscription(subscription, held)
+
+    async def subscribe(source: str) -> Any:
+        return holding
+
+    return Consumer(
+        "facebook", subscribe, outbox, batch=10, fetch_timeout=1.0, budget=held, **options
+    )
+
+
+@pytest.mark.trio
+async def test_fetching_waits_while_the_held_bytes_fill_the_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    messages = alike(7)
+    size = size_of(messages)
+    held = HeldMessages(max_bytes=3 * size)
+    subscription = RecordingSubscription()
+    subscription.put(*messages)
+    send, out = open_channel[Work](16)
+    async with out, run_actor(budgeted_consumer(subscription, send, held)) as handle:
+        got = await take(out, 3)
+        await trio.testing.wait_all_tasks_blocked()
+        # One first (the size is unknown yet), then the room left; then nothing more
+        # is fetched while those three are held.
+        assert [batch for batch, _ in subscription.asked] == [1, 2]
+        assert held.bytes == 3 * size and held.room() == 0 and len(subscription.queue) == 4
+        await got[0].delivery.ack()  # the writer committed one: room for one more
+        [fourth] = await take(out, 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [batch for batch, _ in subscription.asked] == [1, 2, 1]
+        for work in [*got[1:], fourth]:
+            await work.delivery.ack()
+        rest = await take(out, 3)
+        handle.stop()
+    assert [w.delivery.data for w in [*got, fourth, *rest]] == [m.data for m in messages]
+
+
+@pytest.mark.trio
+async def test_a_stop_ends_a_consumer_waiting_for_room_without_another_fetch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    messages = alike(3)
+    held = HeldMessages(max_bytes=size_of(messages))
+    subscription = RecordingSubscription()
+    subscription.put(*messages)
+    send, out = open_channel[Work](16)
+    async with out, run_actor(budgeted_consumer(subscription, send, held)) as handle:
+        [work] = await take(out, 1)
+        await trio.testing.wait_all_tasks_blocked()
+        handle.stop()
+        await handle.wait()
+        assert [item async for item in out] == []  # outbox closed: end of stream
+    assert len(subscription.asked) == 1 and len(held) == 1
+    await work.delivery.ack()
+    assert held.bytes == 0

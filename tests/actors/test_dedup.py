@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from sluice.actors.dedup import DedupGuard, RecentIds
@@ -110,6 +113,30 @@ async def test_a_copy_parked_behind_a_first_that_is_given_back_is_given_back_too
         await g.in_send.send(Work("facebook", FakeDelivery(num_delivered=3), [row("a")]))
         again = await g.out.receive()
         assert [r.event_id for r in again.rows] == ["a"]
+
+
+@pytest.mark.anyio
+async def test_a_message_written_and_acked_is_freed_without_the_cyclic_collector() -> None:
+    """Nothing the guard adds may tie a Work to itself: `sluice run` collects cyclic
+    garbage seldom (GC tuning), and every message written stayed in memory with its
+    rows until then (bench/README.md, session 7)."""
+    g = Guard()
+    delivery = FakeDelivery()
+    freed = weakref.ref(delivery)
+    gc.disable()
+    try:
+        async with run_actor(g.actor), g.out, g.committed_send, g.in_send:
+            await g.in_send.send(Work("facebook", delivery, [row("a")]))
+            del delivery
+            passed = await g.out.receive()
+            await passed.delivery.ack()  # what the writer does after the commit
+            del passed
+            # The next message moves the guard past the first one.
+            await g.in_send.send(Work("facebook", FakeDelivery(), [row("b")]))
+            await g.out.receive()
+            assert freed() is None
+    finally:
+        gc.enable()
 
 
 async def anyio_checkpoint() -> None:

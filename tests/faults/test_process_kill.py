@@ -53,6 +53,9 @@ def test_two_workers_share_the_consumers_and_one_is_killed(env: dict[str, str]) 
         assert set(load.statuses) == {202}, load.statuses  # ingress never noticed
         assert_stored_once(env["DATABASE_URL"], load.accepted)
     finally:
+        if workers[0].proc.poll() is None:  # failed before its kill: none left behind
+            workers[0].proc.kill()
+            workers[0].wait(timeout=10)
         for process in (ingress, workers[1]):
             process.signal(signal.SIGTERM)
             assert process.wait(timeout=60) == 0, process.output

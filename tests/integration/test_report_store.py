@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import anyio
 import asyncpg
@@ -17,7 +18,7 @@ import pytest
 from sluice.edges.reports import PgReportStore
 from sluice.edges.store import PgEventStore
 from sluice.ports import EventRow
-from sluice.reports import Scope
+from sluice.reports import Audience, EntityTotal, Scope
 from sluice.sources import parse_event
 from sluice.sql.migrate import MIGRATIONS_DIR, migrate
 from tests.factories import make_event, make_events
@@ -256,3 +257,141 @@ async def test_pages_neither_repeat_nor_skip_under_concurrent_inserts(
     assert len(seen) == len(set(seen)), "an event came twice"
     assert {r.event_id for r in first} <= set(seen), "an event was skipped"
     assert keys == sorted(keys)
+
+
+def pooled_rows(n: int, seed: int) -> list[EventRow]:
+    """Events over three days from small user and video pools (so rankings tie and
+    collide), amounts on the revenue types."""
+    rng = random.Random(seed)
+    events = make_events(n, seed=seed, now=NOW)
+    for e in events:
+        e["timestamp"] = (NOW - timedelta(seconds=rng.uniform(0, 3 * 86400))).isoformat()
+        e["data"]["user"]["userId"] = f"{e['source'][:2]}_{rng.randrange(25)}"
+        if e["data"]["engagement"].get("videoId") is not None:
+            e["data"]["engagement"]["videoId"] = f"v{rng.randrange(12)}"
+    return rows_of(events)
+
+
+def plain_entities(
+    rows: list[EventRow], scope: Scope, entity: str
+) -> tuple[dict[str, int], dict[str, list[EntityTotal]]]:
+    """Distinct keys per source and both rankings, computed from the rows in scope."""
+    acc: dict[tuple[str, str], list[Any]] = {}
+    for r in rows:
+        key = r.user_id if entity == "user" else r.video_id
+        if r.source not in scope.sources or key is None:
+            continue
+        if (scope.lo is not None and r.occurred_at < scope.lo) or (
+            scope.hi is not None and r.occurred_at >= scope.hi
+        ):
+            continue
+        entry = acc.setdefault((r.source, key), [0, Decimal(0), 0])
+        entry[0] += 1
+        if r.revenue is not None:
+            entry[1] += r.revenue
+            entry[2] += 1
+    totals = [EntityTotal(s, k, v[0], v[1], v[2]) for (s, k), v in acc.items()]
+    distinct: dict[str, int] = {}
+    for t in totals:
+        distinct[t.source] = distinct.get(t.source, 0) + 1
+    by_events = sorted(totals, key=lambda t: (-t.events, -t.revenue, t.source, t.key))
+    by_revenue = sorted(
+        (t for t in totals if t.transactions),
+        key=lambda t: (-t.revenue, -t.events, t.source, t.key),
+    )
+    return distinct, {"events": by_events, "revenue": by_revenue}
+
+
+async def test_partial_range_users_and_videos_asked_at_once_equal_a_plain_computation(
+    store: PgEventStore, reports: PgReportStore
+) -> None:
+    rows = pooled_rows(900, seed=11)
+    await store.write_batch(rows)
+    mid = NOW - timedelta(days=1, minutes=17, seconds=3)
+    scopes = [
+        Scope(mid - timedelta(hours=30), mid, ("facebook", "tiktok")),
+        Scope(mid, None, ("tiktok",)),
+        Scope(None, mid, ("facebook",)),
+        Scope(mid, mid + timedelta(minutes=1), ("facebook", "tiktok")),  # a few events
+        Scope(NOW + timedelta(days=1), None, ("facebook", "tiktok")),  # none
+    ]
+    asked: list[tuple[Scope, str, str, int]] = [
+        (scope, entity, by, limit)
+        for scope in scopes
+        for entity in ("user", "video")
+        for by in ("events", "revenue")
+        for limit in (1, 3, 1000)
+    ]
+    tops: dict[tuple[Scope, str, str, int], list[EntityTotal]] = {}
+    audiences: dict[Scope, Audience] = {}
+
+    async def top(scope: Scope, entity: str, by: str, limit: int) -> None:
+        tops[scope, entity, by, limit] = await reports.top(scope, entity=entity, by=by, limit=limit)
+
+    async def audience(scope: Scope) -> None:
+        audiences[scope] = await reports.audience(scope)
+
+    for _ in range(2):  # all at once (they share scans), then again (fresh scans)
+        async with anyio.create_task_group() as tg:
+            for args in asked:
+                tg.start_soon(top, *args)
+            for scope in scopes:
+                tg.start_soon(audience, scope)
+        for scope, entity, by, limit in asked:
+            distinct, ranked = plain_entities(rows, scope, entity)
+            got = tops[scope, entity, by, limit]
+            assert _money(got) == _money(ranked[by][:limit]), (scope, entity, by, limit)
+            if entity == "user":
+                assert audiences[scope].users == distinct, scope
+    assert any(len(t) == 3 for t in tops.values()) and any(len(t) > 3 for t in tops.values())
+    assert any(a.users for a in audiences.values())
+
+
+@pytest.mark.parametrize("connections", [1, 2])
+async def test_with_no_spare_connection_the_sources_are_scanned_one_after_the_other(
+    store: PgEventStore, fresh_database_url: str, connections: int
+) -> None:
+    rows = pooled_rows(400, seed=12)
+    await store.write_batch(rows)
+    scope = Scope(NOW - timedelta(days=2, minutes=5), NOW, ("facebook", "tiktok"))
+    async with PgReportStore.open(fresh_database_url, max_size=connections) as reports:
+        for entity in ("user", "video"):
+            _, ranked = plain_entities(rows, scope, entity)
+            for by in ("events", "revenue"):
+                got = await reports.top(scope, entity=entity, by=by, limit=1000)
+                assert _money(got) == _money(ranked[by]), (entity, by)
+                if entity == "user":  # both sources, merged
+                    assert {t.source for t in got} == {"facebook", "tiktok"}
+        distinct, _ = plain_entities(rows, scope, "user")
+        assert (await reports.audience(scope)).users == distinct
+
+
+def _money(totals: list[EntityTotal]) -> list[tuple[object, ...]]:
+    return [(t.source, t.key, t.events, t.revenue.normalize(), t.transactions) for t in totals]
+
+
+async def test_the_covering_index_can_be_built_beforehand_without_a_lock(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    for path in MIGRATIONS_DIR.glob("00[1-6]_*.sql"):
+        shutil.copy(path, tmp_path)
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        await migrate(conn, directory=tmp_path)
+        await conn.execute(
+            "CREATE INDEX CONCURRENTLY events_source_occurred_at_covering_idx"
+            " ON events (source, occurred_at) INCLUDE (user_id, video_id, revenue)"
+        )
+        assert await migrate(conn) == ["007_events_covering_index.sql"]
+        indexes = await conn.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes"
+            " WHERE tablename = 'events' AND indexname LIKE 'events_source%'"
+        )
+    finally:
+        await conn.close()
+    assert [(i["indexname"], i["indexdef"].split(" USING ")[1]) for i in indexes] == [
+        (
+            "events_source_occurred_at_covering_idx",
+            "btree (source, occurred_at) INCLUDE (user_id, video_id, revenue)",
+        )
+    ]

@@ -23,6 +23,7 @@ import pytest
 
 from sluice.app import open_engine
 from sluice.config import Settings
+from sluice.edges.reports import _snapshot_literal
 from tests.factories import engine_settings, make_event, make_events
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -216,11 +217,21 @@ CONSTANT = re.compile(r"_?[A-Z][A-Z0-9_]*")
 SQL_WORD = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|COPY|TRUNCATE)\b", re.I)
 
 
+# The one value written into SQL: SET TRANSACTION SNAPSHOT takes no parameters, and this
+# helper passes only the shape of the id PostgreSQL itself made (hex digits and dashes).
+CHECKED_LITERALS = {"_snapshot_literal"}
+
+
 def _sql_built_from_values(node: ast.expr) -> bool:
     """True when `node` makes text out of something that is not a module constant."""
     if isinstance(node, ast.JoinedStr):
         return any(
             not (isinstance(v.value, ast.Name) and CONSTANT.fullmatch(v.value.id))
+            and not (
+                isinstance(v.value, ast.Call)
+                and isinstance(v.value.func, ast.Name)
+                and v.value.func.id in CHECKED_LITERALS
+            )
             for v in node.values
             if isinstance(v, ast.FormattedValue)
         )
@@ -259,6 +270,17 @@ def test_sql_is_never_built_from_values() -> None:
             if sql is not None and _sql_built_from_values(sql):
                 found.append(f"{path.relative_to(REPO)}:{sql.lineno}: {ast.unparse(sql)[:80]}")
     assert found == []
+
+
+def test_a_snapshot_id_is_the_only_value_written_into_sql_and_only_in_its_shape() -> None:
+    assert _snapshot_literal("00000003-0000001B-1") == "'00000003-0000001B-1'"
+    assert _snapshot_literal("000003A1-1") == "'000003A1-1'"  # PostgreSQL before 12
+    for bad in ("", "0000-1'; DROP TABLE events; --", "00000003-0000001B-1\n", "abc", "1"):
+        with pytest.raises(ValueError, match="not a snapshot id"):
+            _snapshot_literal(bad)
+    call = ast.parse('conn.execute(f"SET X {_snapshot_literal(s)} {other(s)}")').body[0]
+    assert isinstance(call, ast.Expr) and isinstance(call.value, ast.Call)
+    assert _sql_built_from_values(call.value.args[0])  # other() is still a value
 
 
 def test_the_code_check_sees_values_formatted_into_sql() -> None:

@@ -180,6 +180,13 @@ def test_a_bad_fetch_max_bytes_is_reported(raw: str, reason: str) -> None:
     assert caught.value.problems == [f"SLUICE_FETCH_MAX_BYTES={raw!r}: {reason}"]
 
 
+def test_max_held_bytes_defaults_to_32_mib_and_reads_the_environment() -> None:
+    assert load_settings({}).max_held_bytes == 32 * 1024 * 1024
+    assert load_settings({"SLUICE_MAX_HELD_BYTES": "1048576"}).max_held_bytes == 1048576
+    with pytest.raises(ConfigError, match="SLUICE_MAX_HELD_BYTES='0': must be a positive"):
+        load_settings({"SLUICE_MAX_HELD_BYTES": "0"})
+
+
 def test_urls_in_error_texts_lose_their_passwords() -> None:
     from sluice.config import mask_urls
 
