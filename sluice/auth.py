@@ -169,13 +169,19 @@ class Authenticator:
         # instructions): in this process's memory only, where each request brings it anyway.
         self._hashes: dict[str, bytes] = {}
 
+    @property
+    def keyless(self) -> Decision:
+        """The decision for a request without an `Authorization` header (what `check`
+        answers for it, whatever the scope)."""
+        return MISSING if self.required else ANONYMOUS
+
     async def check(
         self, authorization: str | None, scope: str, source: str | None = None
     ) -> Decision:
         """May a request with this `Authorization` header value use `scope` (and send
         events of `source`, when given)? Never raises for the store: 503 instead."""
         if authorization is None:
-            return MISSING if self.required else ANONYMOUS
+            return self.keyless
         key = key_from(authorization)
         if key is None:
             return MALFORMED

@@ -78,7 +78,9 @@ class _Entry:
 
     __slots__ = (
         "accepted",
+        "bound",
         "correlation_id",
+        "deadline",
         "done",
         "duplicates",
         "error",
@@ -90,7 +92,13 @@ class _Entry:
         "wake",
     )
 
-    def __init__(self, correlation_id: str, events: list[ValidEvent], received_at: datetime):
+    def __init__(
+        self,
+        correlation_id: str,
+        events: list[ValidEvent],
+        received_at: datetime,
+        deadline: float,
+    ):
         self.correlation_id = correlation_id
         self.events = events
         self.received_at = received_at
@@ -100,6 +108,10 @@ class _Entry:
         self.error: Exception | None = None
         self.leading = False  # holds a publish slot: must publish or pass it on
         self.late = False  # answered at the end of its batch (it shares ids with another)
+        self.deadline = deadline  # answered by then
+        # Waits with no timer of its own: a publish under way ends by its deadline, and
+        # any publish that takes it ends by then too (`GroupCommit._flush`).
+        self.bound = False
         # Set when done, or when handed a slot; made only once the request must wait
         # (most requests publish their events themselves and never wait).
         self.wake: anyio.Event | None = None
@@ -124,12 +136,13 @@ class _Entry:
 class _Lane:
     """One source: the requests waiting, and the publish slots in use."""
 
-    __slots__ = ("pending", "pending_bytes", "slots", "space", "space_waiters")
+    __slots__ = ("ends_by", "pending", "pending_bytes", "slots", "space", "space_waiters")
 
     def __init__(self) -> None:
         self.pending: list[_Entry] = []
         self.pending_bytes = 0
         self.slots = 0  # publishes running, or handed to a waiting request
+        self.ends_by: list[float] = []  # when each publish running ends at the latest
         self.space = anyio.Event()  # set when pending shrinks, if anyone waits for it
         self.space_waiters = 0
 
@@ -213,7 +226,7 @@ class GroupCommit:
         known = len(events) - len(fresh)
         if not fresh:
             return Outcome(0, known)
-        entry = _Entry(correlation_id, fresh, received_at)
+        entry = _Entry(correlation_id, fresh, received_at, deadline)
         if entry.size >= self._solo_bytes:
             return await self._solo(source, entry, known, deadline)
         lane = self._lanes.get(source)
@@ -233,9 +246,16 @@ class GroupCommit:
                     continue  # handed a slot again meanwhile, or done
                 if entry.done:
                     break
-                # Only a request that waits for another's publish needs a scope of its own.
                 # No await since the checks above: a slot or an answer comes after them.
                 wake = entry.waiting()
+                ends_by = lane.ends_by
+                if ends_by and min(ends_by) <= deadline:
+                    # A publish under way ends (and hands its slot on) by the deadline,
+                    # and the one that takes this request, bound by it, too: no timer
+                    # of its own needed (a cancel scope is ~3% of a request's CPU).
+                    entry.bound = True
+                    await wake.wait()
+                    continue
                 with anyio.move_on_at(deadline) as waiting:
                     await wake.wait()
                 if waiting.cancelled_caught and not entry.leading:
@@ -254,7 +274,7 @@ class GroupCommit:
         """A request that fills a good part of a message by itself is published at
         once, alone (one message per request, as without group commit): waiting for a
         slot would add latency, and sharing would save little."""
-        await self._publish(source, [entry], deadline)
+        await self._publish(source, [entry], min(deadline, self._clock() + self._deadline))
         if entry.error is not None:
             raise entry.error
         return Outcome(entry.accepted, entry.duplicates + known)
@@ -298,24 +318,33 @@ class GroupCommit:
         lane.slots -= 1
 
     async def _flush(self, source: str, lane: _Lane, deadline: float) -> None:
+        """Publish what waits in `lane`, by `deadline` (the leader's) and by the deadline
+        of every request in it that waits with no timer of its own (`_Entry.bound`); at
+        most the publish timeout and a second (the edge times a publish out itself; this
+        is the backstop that keeps a shielded publish from hanging a drain)."""
         try:
             batch = lane.take()
             if batch:
-                await self._publish(source, batch, deadline)
+                limit = min(deadline, self._clock() + self._deadline)
+                for entry in batch:
+                    if entry.bound and entry.deadline < limit:
+                        limit = entry.deadline
+                lane.ends_by.append(limit)
+                try:
+                    await self._publish(source, batch, limit)
+                finally:
+                    lane.ends_by.remove(limit)
         finally:
             self._hand_on(lane)
 
-    async def _publish(self, source: str, batch: list[_Entry], deadline: float) -> None:
-        """Publish `batch` as few envelopes as fit, by `deadline` (its leader's); finish
-        every entry, whatever happens.
+    async def _publish(self, source: str, batch: list[_Entry], limit: float) -> None:
+        """Publish `batch` as few envelopes as fit, by `limit`; finish every entry,
+        whatever happens.
 
         Shielded from the caller's cancellation (a client gone away must not strand the
-        requests sharing its messages), under a deadline of its own: the leader's, and
-        at most the publish timeout and a second (the edge times a publish out itself;
-        this is the backstop that keeps a shielded publish from hanging a drain).
+        requests sharing its messages), under `limit` as its deadline.
         """
         failure: Exception | None = ServiceUnavailable("publish interrupted")
-        limit = min(deadline, self._clock() + self._deadline)
         try:
             pairs, parts, runs = self._pack(batch)
             chunks = envelope.encode(

@@ -185,6 +185,11 @@ class RateLimiter:
         self._requests = Buckets("requests", burst=burst, clock=clock, max_clients=max_clients)
         self._events = Buckets("events", burst=burst, clock=clock, max_clients=max_clients)
 
+    @property
+    def anonymous(self) -> bool:
+        """Are requests without an API key limited at all (by client address)?"""
+        return self.requests > 0 or self.events > 0
+
     def take_request(self, key: ApiKey | None, address: str) -> Limited | None:
         """One request of this key (or, without one, of this address): None if allowed."""
         if key is None:

@@ -19,6 +19,11 @@ checkout of that commit with its own virtualenv, in the same sitting.
 A `+log` suffix (`ingress+log`) sets up sluice's logging as `sluice run` does (JSON, INFO:
 the webhook logs a line per request), writing to /dev/null; without it nothing is logged.
 
+`+slow` acks each publish after SLOW_ACK (2 ms, an fsync's worth) instead of at once, so
+concurrent requests wait in group commit's lanes and share messages, as they do against
+nats-server. `+run` wires API keys (optional) and rate limits (none) as `sluice run` does
+by default: both there, neither applying to a request without a key.
+
 Suffixes combine (`ingress+key+sign`): `+key` requires an API key (SLUICE_AUTH=required,
 the key cached as `sluice run` caches it; the store is in memory) and every request
 carries one; `+sign` sets webhook secrets for facebook and tiktok (one secret for both)
@@ -36,6 +41,7 @@ the summary is the median per server and its ratio to the first server.
     .venv/bin/python bench/stages/http_server.py --servers hypercorn,ingress
     .venv/bin/python bench/stages/http_server.py --servers ingress,ingress+key,ingress+key+sign
     .venv/bin/python bench/stages/http_server.py --servers ingress --instructions  # valgrind
+    .venv/bin/python bench/stages/http_server.py --servers ingress+slow+run --connections 64
 """
 
 from __future__ import annotations
@@ -73,18 +79,24 @@ class InstantLog:
 
     max_payload = 1024 * 1024
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.seq = 0
+        self.delay = delay
 
     async def publish(self, source: str, payload: bytes, *, msg_id: str, headers: Any) -> Any:
         from sluice.ports import PublishAck
 
+        if self.delay:  # `+slow`: acked after a while, as an fsync would
+            await asyncio.sleep(self.delay)
         self.seq += 1
         return PublishAck("EVENTS", self.seq, False)
 
     def is_connected(self) -> bool:
         return True
 
+
+# `+slow`: seconds before a publish is acked (group commit then shares messages).
+SLOW_ACK = 0.002
 
 # The API key and webhook secret of the `+key` and `+sign` variants (bench only).
 BENCH_KEY = "slk_bench0000000000000000000000000000000000000"
@@ -110,18 +122,25 @@ def _app(options: set[str]) -> Any:
     from sluice.http.app import HttpDeps, create_app
     from sluice.http.health import Health
     from sluice.metrics import Metrics
+    from sluice.ratelimit import RateLimiter
 
-    auth = None
+    auth = limits = None
     settings = Settings()
     if "unchecked" in options:  # the client sends the headers; nothing checks them
-        options = set()
+        options = options - {"key", "sign"}
+    if "run" in options:  # as `sluice run` wires them: always there, off by default
+        auth = Authenticator(OneKey(), BENCH_KEY_SECRET, required=False)
+        limits = RateLimiter(requests=0, events=0, burst=1)
     if "key" in options:
         auth = Authenticator(OneKey(), BENCH_KEY_SECRET, required=True)
         settings = dataclasses.replace(settings, auth="required")
     if "sign" in options:
         secrets = (("facebook", BENCH_WEBHOOK_SECRET), ("tiktok", BENCH_WEBHOOK_SECRET))
         settings = dataclasses.replace(settings, webhook_secrets=secrets)
-    return create_app(HttpDeps(settings, Metrics(), Health(), event_log=InstantLog(), auth=auth))
+    event_log = InstantLog(SLOW_ACK if "slow" in options else 0.0)
+    return create_app(
+        HttpDeps(settings, Metrics(), Health(), event_log=event_log, auth=auth, limits=limits)
+    )
 
 
 def _listen() -> socket.socket:

@@ -169,16 +169,21 @@ class WebhookFront:
             allowed: frozenset[str] | None = None
             refused: Answer | None = None
             key: ApiKey | None = None
-            if self.auth is not None:
-                known = source if source in SOURCE_NAMES else None  # else a 404 follows
-                decision = await self.auth.check(authorization, WEBHOOK_SCOPE, known)
+            if (auth := self.auth) is not None:
+                if authorization is None:  # no await for a request that sends no key
+                    decision = auth.keyless
+                else:
+                    known = source if source in SOURCE_NAMES else None  # else a 404 follows
+                    decision = await auth.check(authorization, WEBHOOK_SCOPE, known)
                 if decision.allowed:
                     allowed = decision.sources
                     key = decision.key
                 else:
                     refused = Answer(decision.status, {"error": decision.error}, decision.headers)
             take_events = None
-            if refused is None and (limits := self.limits) is not None:
+            limits = self.limits
+            # Without a key and with no limit by address, there is nothing to take.
+            if refused is None and limits is not None and (key is not None or limits.anonymous):
                 client = scope.get("client")
                 address = client[0] if client else "unknown"
                 limited = limits.take_request(key, address)

@@ -76,22 +76,36 @@ class Requests:
         self.tg = tg
         self.commit = commit
         self.answers: dict[str, Outcome | Exception] = {}
+        self.answered_at: dict[str, float] = {}
         self.scopes: dict[str, anyio.CancelScope] = {}
         self.answered = anyio.Event()
 
-    async def start(self, name: str, *events: ValidEvent, source: str = "facebook") -> None:
-        self.tg.start_soon(self._run, name, source, events)
+    async def start(
+        self,
+        name: str,
+        *events: ValidEvent,
+        source: str = "facebook",
+        deadline: float | None = None,
+    ) -> None:
+        self.tg.start_soon(self._run, name, source, events, deadline)
         await anyio.wait_all_tasks_blocked()
 
-    async def _run(self, name: str, source: str, events: tuple[ValidEvent, ...]) -> None:
+    async def _run(
+        self, name: str, source: str, events: tuple[ValidEvent, ...], deadline: float | None
+    ) -> None:
         with anyio.CancelScope() as scope:
             self.scopes[name] = scope
             try:
                 self.answers[name] = await self.commit.submit(
-                    source, list(events), correlation_id=f"c-{name}", received_at=NOW
+                    source,
+                    list(events),
+                    correlation_id=f"c-{name}",
+                    received_at=NOW,
+                    deadline=deadline,
                 )
             except ServiceUnavailable as exc:
                 self.answers[name] = exc
+            self.answered_at[name] = anyio.current_time()
             self.answered.set()
 
 
@@ -428,6 +442,50 @@ async def test_over_the_bound_too_long_is_503_and_a_hung_publish_times_out(
     assert isinstance(b, ServiceUnavailable) and "no publish ack" in str(b)
     assert accepted_total(metrics) == 0 and log.calls == 1
     assert metrics.registry.get_sample_value("publish_ack_seconds_count") == 1  # timed out too
+
+
+@pytest.mark.trio
+async def test_a_request_due_before_the_publish_under_way_ends_is_answered_by_its_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log = FakeEventLog(hold=True)
+    commit, _ = make(log, inflight=1, timeout=5.0)
+    start = trio.current_time()
+    async with anyio.create_task_group() as tg:
+        requests = Requests(tg, commit)
+        await requests.start("a", ev("e-a"))  # publishing, for up to 5 s
+        await requests.start("b", ev("e-b"), deadline=start + 1.0)  # waits with its own timer
+        await requests.answered.wait()
+        b = requests.answers["b"]
+        assert isinstance(b, ServiceUnavailable) and "no publish ack" in str(b)
+        assert requests.answered_at["b"] == pytest.approx(start + 1.0)
+        log.held[0].set()
+    assert requests.answers["a"] == Outcome(1, 0)
+    assert published_ids(log) == [["e-a"]]
+
+
+@pytest.mark.trio
+async def test_a_shared_publish_ends_by_the_deadline_of_every_request_in_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # b and c wait behind a's publish, which ends by a's deadline (5 s), before theirs:
+    # they wait with no timer of their own. The publish that takes them both (b's) ends
+    # by the earlier of their deadlines, c's, not by b's own.
+    log = FakeEventLog(hold=True)
+    commit, metrics = make(log, inflight=1, timeout=5.0)
+    start = trio.current_time()
+    async with anyio.create_task_group() as tg:
+        requests = Requests(tg, commit)
+        await requests.start("a", ev("e-a"))
+        await requests.start("b", ev("e-b"), deadline=start + 9.0)
+        await requests.start("c", ev("e-c"), deadline=start + 5.5)
+        log.held[0].set()  # a acked; b publishes b and c, and that publish hangs
+    assert requests.answers["a"] == Outcome(1, 0)
+    for name in "bc":
+        answer = requests.answers[name]
+        assert isinstance(answer, ServiceUnavailable) and "no publish ack" in str(answer)
+        assert requests.answered_at[name] == pytest.approx(start + 5.5)
+    assert log.calls == 2 and accepted_total(metrics) == 1
 
 
 @pytest.mark.anyio
