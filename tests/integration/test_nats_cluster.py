@@ -82,6 +82,8 @@ async def replica_names(js: Any, stream: str, consumer: str | None = None) -> se
     else:
         info = await js.consumer_info(stream, consumer)
     cluster = info.cluster
+    if cluster is None:  # while its peers change, the server may leave the section out
+        return set()
     return {cluster.leader, *(peer.name for peer in cluster.replicas or ())}
 
 
