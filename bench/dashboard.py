@@ -123,6 +123,8 @@ async def main() -> None:
     parser.add_argument("--keep", type=Path, help="data directory to keep the loaded server in")
     parser.add_argument("--reuse", action="store_true", help="time an already loaded --keep DIR")
     args = parser.parse_args()
+    if args.repeat < 1:  # checked before loading: the medians need at least one timed load
+        parser.error("--repeat must be at least 1")
     info = machine()
     print(f"machine: {info['cores']} cores, {info['memory_gb']} GiB, {info['cpu']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sluice-dashboard-") as tmp:
