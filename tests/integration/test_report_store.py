@@ -149,16 +149,23 @@ async def test_rollups_count_each_event_once_whatever_the_duplicates(
     await assert_rollups_exact(fresh_database_url)
 
 
+async def migrate_up_to(conn: Any, directory: Path, last: int) -> None:
+    """Apply the migrations numbered up to `last` only (copied into `directory`)."""
+    for path in MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql"):
+        if int(path.name[:3]) <= last:
+            shutil.copy(path, directory)
+    await migrate(conn, directory=directory)
+
+
 async def test_the_report_migrations_backfill_what_was_stored_before_them(
     fresh_database_url: str, tmp_path: Path
 ) -> None:
-    shutil.copy(MIGRATIONS_DIR / "001_events.sql", tmp_path)
     rows = rows_of(
         make_events(200, seed=8, now=NOW) + [generic(i, random.Random(1)) for i in range(9)]
     )
     conn = await asyncpg.connect(fresh_database_url)
     try:
-        await migrate(conn, directory=tmp_path)
+        await migrate_up_to(conn, tmp_path, 1)
         await conn.executemany(
             "INSERT INTO events (event_id, source, funnel_stage, event_type, occurred_at,"
             " received_at, user_id, country, campaign_id, purchase_amount, data)"
@@ -373,11 +380,9 @@ def _money(totals: list[EntityTotal]) -> list[tuple[object, ...]]:
 async def test_the_covering_index_can_be_built_beforehand_without_a_lock(
     fresh_database_url: str, tmp_path: Path
 ) -> None:
-    for path in MIGRATIONS_DIR.glob("00[1-6]_*.sql"):
-        shutil.copy(path, tmp_path)
     conn = await asyncpg.connect(fresh_database_url)
     try:
-        await migrate(conn, directory=tmp_path)
+        await migrate_up_to(conn, tmp_path, 6)
         await conn.execute(
             "CREATE INDEX CONCURRENTLY events_source_occurred_at_covering_idx"
             " ON events (source, occurred_at) INCLUDE (user_id, video_id, revenue)"
