@@ -58,11 +58,13 @@ async def _execute(url: str, sql: str) -> None:
         await conn.close()
 
 
-async def _delete_streams(nats_url: str, prefix: str) -> None:
+async def delete_streams(nats_url: str, prefix: str) -> None:
+    """Delete the streams whose names start with `prefix` (a test's own); `nats_url` may
+    list the servers of a cluster, comma-separated."""
     import nats
 
     nc = await nats.connect(
-        nats_url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0
+        nats_url.split(","), connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0
     )
     try:
         js = nc.jetstream()
@@ -135,4 +137,4 @@ def nats_prefix(nats_url: str) -> Iterator[str]:
     prefix = f"t{uuid.uuid4().hex[:10]}"
     yield prefix
     with contextlib.suppress(Exception):  # best effort: the server may be gone by now
-        run_async(lambda: _delete_streams(nats_url, prefix))
+        run_async(lambda: delete_streams(nats_url, prefix))

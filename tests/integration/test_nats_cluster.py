@@ -25,6 +25,7 @@ from sluice.config import Settings
 from sluice.edges.bus import JetStreamBus
 from sluice.edges.embedded import EmbeddedNatsCluster
 from sluice.engine import FatalError
+from tests.conftest import delete_streams
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 cluster_only = pytest.mark.cluster
@@ -46,17 +47,6 @@ def settings_for(nats_url: str, prefix: str, **changes: Any) -> Settings:
         history_max_bytes=64 * 2**20,
         **changes,
     )
-
-
-async def delete_streams(nats_url: str, prefix: str) -> None:
-    nc = await nats.connect(nats_url.split(","), connect_timeout=5)
-    try:
-        js = nc.jetstream()
-        for info in await js.streams_info():
-            if info.config.name and info.config.name.lower().startswith(prefix):
-                await js.delete_stream(info.config.name)
-    finally:
-        await nc.close()
 
 
 @pytest.fixture
