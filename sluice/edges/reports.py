@@ -204,17 +204,29 @@ class PgReportStore:
 
     async def audience(self, scope: Scope) -> Audience:
         sources = list(scope.sources)
-        users: dict[str, int] | None = None
-        async with self._snapshot() as conn:
-            lo, hi = await self._clamp(conn, scope.lo, scope.hi)
-            rows = await conn.fetch(
-                query("report_audience"), *_window_args(plan(lo, hi, AUDIENCE_GRAINS)), sources
-            )
-            if lo is None and hi is None:
-                found = await conn.fetch(query("report_users_all"), sources)
-                users = {r["source"]: r["users"] for r in found}
-        if users is None:  # a partial range: the shared scan (after this snapshot ends)
-            users = (await self._entities_in(scope, "user")).distinct
+        users: dict[str, int] = {}
+        rows: list[Any] = []
+
+        async def from_rollups() -> None:
+            nonlocal rows
+            async with self._snapshot() as conn:
+                lo, hi = await self._clamp(conn, scope.lo, scope.hi)
+                rows = await conn.fetch(
+                    query("report_audience"),
+                    *_window_args(plan(lo, hi, AUDIENCE_GRAINS)),
+                    sources,
+                )
+                if scope.lo is None and scope.hi is None:
+                    found = await conn.fetch(query("report_users_all"), sources)
+                    users.update((r["source"], r["users"]) for r in found)
+
+        async def distinct_users_in_range() -> None:
+            users.update((await self._entities_in(scope, "user")).distinct)
+
+        if scope.lo is None and scope.hi is None:
+            await from_rollups()
+        else:  # the shared scan starts now, to be shared with the top lists asked with it
+            await _concurrently(from_rollups, distinct_users_in_range)
         return Audience(
             rows=[
                 AudienceRow(
@@ -287,22 +299,12 @@ class PgReportStore:
                 finally:
                     await self._pool.release(spare)
 
-            errors: list[Exception] = []
-
-            async def guarded(work: Callable[..., Awaitable[None]], *args: Any) -> None:
-                try:
-                    await work(*args)
-                except Exception as exc:  # raised below as itself, not in an ExceptionGroup
-                    errors.append(exc)
-
             if len(sources) > 1:
                 snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
-                async with anyio.create_task_group() as tg:
-                    for source in sources[1:]:
-                        tg.start_soon(guarded, scan_beside, source, snapshot)
-                    tg.start_soon(guarded, scan, sources[0], conn)
-                if errors:
-                    raise errors[0]
+                await _concurrently(
+                    *(functools.partial(scan_beside, source, snapshot) for source in sources[1:]),
+                    functools.partial(scan, sources[0], conn),
+                )
             for source in sources:
                 if source not in parts:
                     await scan(source, conn)
@@ -391,6 +393,24 @@ def _entity(record: Any, source: str | None = None) -> EntityTotal:
         record["revenue"],
         record["transactions"],
     )
+
+
+async def _concurrently(*works: Callable[[], Awaitable[None]]) -> None:
+    """Runs the works side by side; raises the first one's Exception as itself (not in
+    an ExceptionGroup), after all have ended."""
+    errors: list[Exception] = []
+
+    async def guarded(work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except Exception as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for work in works:
+            tg.start_soon(guarded, work)
+    if errors:
+        raise errors[0]
 
 
 def _snapshot_literal(snapshot: str) -> str:

@@ -373,6 +373,44 @@ async def test_with_no_spare_connection_the_sources_are_scanned_one_after_the_ot
         assert (await reports.audience(scope)).users == distinct
 
 
+async def test_demographics_start_the_shared_scan_without_waiting_for_their_rollups(
+    store: PgEventStore, reports: PgReportStore, fresh_database_url: str
+) -> None:
+    """Over a partial range demographics' distinct users come from the scan the top lists
+    share: it must start with the request, not after its rollups are read, or a top list
+    asked at the same time has ended its scan by then and a second one runs."""
+    rows = pooled_rows(400, seed=13)
+    await store.write_batch(rows)
+    scope = Scope(NOW - timedelta(days=2, minutes=5), NOW, ("facebook", "tiktok"))
+    scan_asked = anyio.Event()
+    shared = reports._entities
+    run = shared.run
+
+    async def spied(key: Any, work: Any) -> Any:
+        scan_asked.set()
+        return await run(key, work)
+
+    shared.run = spied  # type: ignore[method-assign]
+    locker = await asyncpg.connect(fresh_database_url)
+    answers: list[Audience] = []
+
+    async def ask() -> None:
+        answers.append(await reports.audience(scope))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE rollup_audience IN ACCESS EXCLUSIVE MODE")
+                tg.start_soon(ask)
+                with anyio.fail_after(10):  # the rollups cannot be read until the lock goes
+                    await scan_asked.wait()
+                assert not answers
+    finally:
+        await locker.close()
+    distinct, _ = plain_entities(rows, scope, "user")
+    assert [a.users for a in answers] == [distinct]
+
+
 def _money(totals: list[EntityTotal]) -> list[tuple[object, ...]]:
     return [(t.source, t.key, t.events, t.revenue.normalize(), t.transactions) for t in totals]
 
