@@ -422,14 +422,17 @@ async function refresh() {
   const shown = view.source === "both" ? SOURCES : [view.source];
   const source = view.source === "both" ? null : view.source;
   const extentLoad = handled(getJson("/reports/extent"));
-  const ready = handled(extentLoad.then((extent) => {
+  const framed = (extent) => {
     const range = resolveRange(view, Date.now(), extent);
     const interval = intervalFor(range);
     return { range, interval, axis: timeAxis(range, interval) };
-  }));
-  // Every request waits for the range (it needs the extent for "all" and custom ends),
-  // then they go out in the order asked, the cheap ones first: over a partial range,
-  // distinct users and top users/videos read raw events.
+  };
+  // Every request waits for the range: a preset's is known now; "all" and custom ends
+  // need the extent. Then they go out in the order asked, the cheap ones first: over a
+  // partial range, distinct users and top users/videos read raw events.
+  const ready = view.range in PRESET_MS
+    ? Promise.resolve(framed({}))
+    : handled(extentLoad.then(framed));
   const ask = (path, extra, withInterval) => handled(ready.then(({ range, interval }) =>
     getJson(path, {
       from: range.from, to: range.to, source, ...(withInterval ? { interval } : {}), ...extra,
