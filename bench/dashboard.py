@@ -10,14 +10,18 @@ users get) and opens /dashboard in headless Chromium (Debian's `chromium`, drive
 Playwright) `--repeat` times per view, each in a new browser context (no cache). The
 first render is the page's own mark "sluice:refreshed" (every panel drawn, after all of
 its report requests answered), in ms since navigation start; each panel's own mark
-("sluice:panel:<id>") says when it was drawn. Results go to
-bench/results/<date>-dashboard.json.
+("sluice:panel:<id>") says when it was drawn. Each load also counts the CPU seconds
+spent from navigation to render by Chromium (all its processes), PostgreSQL (the embedded
+server's processes; not counted with --database-url) and this process (sluice's server and
+the bench's own Playwright client): on two cores they compete for the same second.
+Results go to bench/results/<date>-dashboard.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -27,7 +31,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._support import BenchPostgres, machine, write_result
+import psutil
+
+from bench._support import BenchPostgres, machine, process_tree, write_result
 from bench.reports import load
 from sluice.app import open_engine
 from sluice.config import Settings
@@ -52,7 +58,45 @@ VIEWS = [
 ]
 
 
-async def time_views(base: str, repeat: int) -> dict[str, Any]:
+CPU_GROUPS = ("chromium", "postgres", "sluice")
+
+
+def cpu_seconds(postgres_pid: int | None) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of each process of interest, by pid."""
+    me = os.getpid()
+    postgres = {p.pid for p in process_tree(postgres_pid)} if postgres_pid else set()
+    found: dict[int, tuple[str, float]] = {}
+    for proc in process_tree(me):
+        try:
+            times = proc.cpu_times()
+            group = (
+                "sluice"
+                if proc.pid == me
+                else "postgres"
+                if proc.pid in postgres
+                else "chromium"
+                if "chrom" in proc.name()
+                else None
+            )
+        except psutil.NoSuchProcess:
+            continue
+        if group is not None:
+            found[proc.pid] = (group, times.user + times.system)
+    return found
+
+
+def cpu_used(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds per group between two readings (a process that ended in between is
+    counted up to the first reading only: a slight undercount)."""
+    used = dict.fromkeys(CPU_GROUPS, 0.0)
+    for pid, (group, seconds) in after.items():
+        used[group] += seconds - before.get(pid, (group, 0.0))[1]
+    return used
+
+
+async def time_views(base: str, repeat: int, postgres_pid: int | None = None) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
     results: dict[str, Any] = {}
@@ -65,13 +109,18 @@ async def time_views(base: str, repeat: int) -> dict[str, Any]:
                 timings = []
                 panels: dict[str, list[float]] = {panel: [] for panel in PANELS}
                 requests = 0
+                cpu: dict[str, list[float]] = {group: [] for group in CPU_GROUPS}
                 for _ in range(repeat + 1):  # the first one warms the server's caches
                     context = await browser.new_context(viewport={"width": 1280, "height": 1000})
                     page = await context.new_page()
                     asked: list[str] = []
                     page.on("request", lambda r, asked=asked: asked.append(r.url))
+                    before = cpu_seconds(postgres_pid)
                     await page.goto(f"{base}/dashboard{query}")
                     await page.wait_for_selector('body[data-refreshes="1"]', timeout=120_000)
+                    used = cpu_used(before, cpu_seconds(postgres_pid))
+                    for group in CPU_GROUPS:
+                        cpu[group].append(used[group])
                     assert (
                         await page.eval_on_selector_all(
                             "section[data-state=error]", "s => s.length"
@@ -100,11 +149,16 @@ async def time_views(base: str, repeat: int) -> dict[str, Any]:
                         panel: round(statistics.median(sorted(times[1:])), 1)
                         for panel, times in panels.items()
                     },
+                    "cpu_seconds_p50": {
+                        group: round(statistics.median(times[1:]), 2)
+                        for group, times in cpu.items()
+                    },
                 }
                 row = results[name]
                 print(
                     f"  {name:45s} p50 {row['p50_ms']:8.1f} ms  max {row['max_ms']:8.1f} ms"
-                    f"  ({requests} requests); panels p50 {row['panels_p50_ms']}",
+                    f"  ({requests} requests); panels p50 {row['panels_p50_ms']};"
+                    f" CPU s p50 {row['cpu_seconds_p50']}",
                     flush=True,
                 )
         finally:
@@ -141,7 +195,9 @@ async def main() -> None:
                 print(f"loaded: {loaded}", flush=True)
             settings = Settings(database_url=url, http_port=0)
             async with open_engine(settings, role="reports") as engine:
-                timings = await time_views(engine.http_url, args.repeat)
+                timings = await time_views(
+                    engine.http_url, args.repeat, server.pid if server is not None else None
+                )
         finally:
             if server is not None:
                 server.stop()
