@@ -142,6 +142,16 @@ async def test_a_store_outage_holds_the_batch_signals_progress_and_takes_nothing
         asyncpg.CannotConnectNowError("the database system is starting up"),
         ConnectionRefusedError(111, "Connect call failed"),
         asyncpg.InternalClientError("cannot switch to state 15; another operation in progress"),
+        # What a writer meets when its backend dies between two statements (postmaster
+        # killed): the COPY cannot start, the rollback and the pool's reset cannot either.
+        asyncpg.InternalClientError(
+            "cannot switch to state 21; another operation (2) is in progress"
+        ),
+        asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
+        asyncpg.InterfaceError(
+            "cannot call Transaction.__aexit__(): the underlying connection is closed"
+        ),
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
     ],
 )
 @pytest.mark.trio
