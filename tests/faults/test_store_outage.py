@@ -8,11 +8,8 @@ that got a 202 is stored exactly once within seconds.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import gc
-import logging
 import os
 import signal
 import tempfile
@@ -27,14 +24,13 @@ import pytest
 from sluice.app import Engine, open_engine
 from sluice.config import Settings
 from sluice.edges.embedded import EmbeddedPostgres
+from tests.asyncpg_leaks import tolerating_orphaned_copy_waiters
 from tests.factories import engine_settings, make_events
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Iterator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.faults]
-
-log = logging.getLogger(__name__)
 
 
 @pytest.fixture
@@ -81,48 +77,6 @@ class Load:
         with anyio.fail_after(30):
             while len(self.statuses) < goal:
                 await anyio.sleep(0.02)
-
-
-def _orphaned_copy_waiter(context: dict[str, Any]) -> bool:
-    """asyncpg's report of a leak of its own that a killed server can cause.
-
-    A backend that finds its postmaster dead sends FATAL ("terminating connection due to
-    unexpected postmaster exit") and closes. When asyncpg reads that message between two
-    statements (here: after the reply to the writer's BEGIN) and the end of the
-    connection only later, its protocol is left in state 2 (asyncpg issue 784), and the
-    writer's COPY cannot start: InternalClientError "cannot switch to state 21", mapped to
-    StoreUnavailable, and the writer retries. But `copy_in` makes its waiter before it
-    starts the COPY, outside the try/except that every other operation has, so the waiter
-    is left behind; dropping the connection sets ConnectionDoesNotExistError on it, nobody
-    awaits it, asyncio reports "Future exception was never retrieved", and anyio's test
-    runner fails the test on it. Only a plain Future: sluice's own code runs in tasks
-    ("Task exception was never retrieved"), so its leaks still fail the test.
-    """
-    return context.get("message") == "Future exception was never retrieved" and isinstance(
-        context.get("exception"), asyncpg.ConnectionDoesNotExistError
-    )
-
-
-@contextlib.asynccontextmanager
-async def tolerating_orphaned_copy_waiters() -> AsyncIterator[None]:
-    """Pass every other report of the running loop's exception handler on unchanged."""
-    loop = asyncio.get_running_loop()
-    previous = loop.get_exception_handler()
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if _orphaned_copy_waiter(context):
-            log.warning("asyncpg left a COPY waiter behind (asyncpg issue 784): %r", context)
-        elif previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
-    try:
-        yield
-    finally:
-        gc.collect()  # a waiter in a reference cycle is reported when collected
-        loop.set_exception_handler(previous)
 
 
 async def stored(url: str) -> list[str]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import struct
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -15,6 +18,7 @@ import pytest
 from sluice.edges.store import PgEventStore
 from sluice.ports import DeadLetter, EventRow, RowsRejected, StoreUnavailable
 from sluice.sql.migrate import load
+from tests.asyncpg_leaks import tolerating_orphaned_copy_waiters
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -221,6 +225,102 @@ async def test_store_unavailable_when_connection_dies_mid_batch(
         # The pool replaces the dead connection (with a new staging table).
         assert await st.write_batch([row("a")]) == {"a"}
         await st.ping()
+
+
+def _error_response(**fields: str) -> bytes:
+    body = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
+    return b"E" + struct.pack("!i", len(body) + 4) + body
+
+
+# What a backend sends when it finds its postmaster dead, just before it closes.
+POSTMASTER_DIED = _error_response(
+    S="FATAL", V="FATAL", C="57P01", M="terminating connection due to unexpected postmaster exit"
+)
+
+
+class DyingBackendProxy:
+    """A TCP proxy to PostgreSQL. Once armed, it sends the server's next reply with
+    POSTMASTER_DIED after it, as a backend whose postmaster was killed does, and forwards
+    nothing more on that connection; the client sees no end of the connection until it
+    closes the connection itself."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.armed = False
+        self.tripped = False
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        server_r, server_w = await asyncio.open_connection(*self._upstream)
+        dead = False
+
+        async def requests() -> None:
+            while (data := await client_r.read(65536)) and not dead:
+                server_w.write(data)
+                await server_w.drain()
+            server_w.close()
+
+        async def replies() -> None:
+            nonlocal dead
+            while data := await server_r.read(65536):
+                if self.armed:
+                    self.armed, self.tripped, dead = False, True, True
+                    client_w.write(data + POSTMASTER_DIED)  # one write: one segment
+                    return  # and no end of connection: the client closes it
+                client_w.write(data)
+                await client_w.drain()
+            client_w.close()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(requests())
+                tg.create_task(replies())
+        except* OSError:  # the client's abort
+            pass
+        finally:
+            for w in (client_w, server_w):
+                w.close()
+
+    @contextlib.asynccontextmanager
+    async def url_for(self, url: str) -> AsyncIterator[str]:
+        """`url` through this proxy, while the block runs."""
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{port}"
+        try:
+            yield urlunsplit(parts._replace(netloc=netloc))
+        finally:
+            server.close()
+            if self._handlers:
+                await asyncio.wait(self._handlers, timeout=10)
+
+
+async def test_store_unavailable_when_the_backend_dies_between_begin_and_copy(
+    fresh_database_url: str,
+) -> None:
+    """The FATAL comes with the reply to the BEGIN: asyncpg cannot start the COPY, the
+    batch is not stored, StoreUnavailable (the writer retries); the pool then opens a new
+    connection. asyncpg leaves the COPY's waiter behind (see tests.asyncpg_leaks): when
+    this fails because it no longer does, drop that tolerance."""
+    parts = urlsplit(fresh_database_url)
+    proxy = DyingBackendProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    async with (
+        tolerating_orphaned_copy_waiters() as leaks,
+        proxy.url_for(fresh_database_url) as url,
+        PgEventStore.open(url, min_size=1, max_size=1, migrate=True) as st,
+    ):
+        assert await st.write_batch([row("a")]) == {"a"}  # COPY's statement now cached
+        proxy.armed = True
+        with pytest.raises(StoreUnavailable, match="another operation"):
+            await st.write_batch([row("b")])
+        assert proxy.tripped
+        assert await st.write_batch([row("b"), row("c")]) == {"b", "c"}
+        assert await st.count_events() == 3
+    assert [type(e) for e in leaks] == [asyncpg.ConnectionDoesNotExistError]
 
 
 async def test_store_unavailable_before_migrations(fresh_database_url: str) -> None:
