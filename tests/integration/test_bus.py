@@ -16,6 +16,7 @@ from sluice.edges.bus import JetStreamBus
 from sluice.edges.embedded import EmbeddedNats
 from sluice.ports import LogUnavailable
 from tests.factories import make_events
+from tests.pause import pause
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -29,7 +30,7 @@ async def test_ping_fails_while_the_server_is_stalled_though_still_connected(
         async with JetStreamBus.connect(Settings(nats_url=url)) as bus:
             await bus.ping()
             assert server.pid is not None
-            os.kill(server.pid, signal.SIGSTOP)
+            pause(server.pid)  # every thread stopped: none can still answer the ping
             try:
                 assert bus.is_connected()
                 with pytest.raises(LogUnavailable, match="does not answer"):
