@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import asyncpg
 import httpx
+import psutil
 import pytest
 
 from sluice.app import Engine, open_engine
@@ -26,6 +27,7 @@ from sluice.config import Settings
 from sluice.edges.embedded import EmbeddedPostgres
 from tests.asyncpg_leaks import tolerating_orphaned_copy_waiters
 from tests.factories import engine_settings, make_events
+from tests.pause import pause
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -110,12 +112,17 @@ async def test_postgres_paused_then_killed_under_load_loses_nothing_and_ingress_
 
         pid = private_postgres.pid
         assert pid is not None
-        os.kill(pid, signal.SIGSTOP)  # paused: connections hang, nothing is refused
+        # Paused: the postmaster and every backend, so statements under way and new
+        # connections all hang; nothing is refused.
+        paused = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+        for each in paused:
+            pause(each)
         before = len(load.statuses)
         try:
             await anyio.sleep(10)  # the length of the fault, not a wait for something
         finally:
-            os.kill(pid, signal.SIGCONT)
+            for each in paused:
+                os.kill(each, signal.SIGCONT)
         assert len(load.statuses) - before >= 50, "ingress kept answering while paused"
         await load.answered(20)
 
